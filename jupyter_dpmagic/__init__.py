@@ -1,0 +1,32 @@
+"""jupyter-dpmagic: differential privacy for ordinary pandas code in Jupyter.
+
+>>> import jupyter_dpmagic as dp                                          # doctest: +SKIP
+>>> visits = dp.protect(df, name="visits", epsilon=1.0, bounds={"age": (0, 110)})  # doctest: +SKIP
+>>> with dp.spending():                                                   # doctest: +SKIP
+...     visits["age"].mean()
+
+In a notebook: ``%load_ext jupyter_dpmagic`` and run aggregations in ``%%dp`` cells.
+"""
+
+from .accountant import BudgetStatus
+from .api import budget, history, policy, protect
+from .context import spending
+from .errors import BudgetExceededError, PolicyError, PrivacyError
+from .frame import PrivateFrame, PrivateGroupBy, PrivateSeries
+from .policy import Policy
+from .release import ReleaseInfo, info
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "protect", "spending", "budget", "history", "policy", "info", "Policy",
+    "PrivateFrame", "PrivateSeries", "PrivateGroupBy", "ReleaseInfo", "BudgetStatus",
+    "PrivacyError", "BudgetExceededError", "PolicyError", "load_ipython_extension",
+]
+
+
+def load_ipython_extension(ipython):
+    """Register the ``%dp`` and ``%%dp`` magics (``%load_ext jupyter_dpmagic``)."""
+    from .magic import load_ipython_extension as load
+
+    load(ipython)

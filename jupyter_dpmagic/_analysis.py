@@ -1,0 +1,188 @@
+"""Static facts about plan expressions: their kind and their public bounds.
+
+Both are derived from the schema and the policy only, never from data values, so using them to
+accept, refuse or clamp a query reveals nothing about any patient.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+from .errors import PolicyError
+from .plan import AsType, Between, BinOp, Clip, Col, Expr, FillNA, IsIn, IsNA, Lit, UnOp
+from .plan import ARITHMETIC, COMPARISON, LOGICAL
+
+__all__ = ["kind_of", "bounds_of", "dtype_kind"]
+
+NUMERIC, BOOL, TEXT, DATETIME, OTHER = "numeric", "bool", "text", "datetime", "other"
+
+
+def dtype_kind(dtype) -> str:
+    """Map a pandas/numpy dtype to the coarse kinds used for validation."""
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(dtype):
+        return BOOL
+    if pd.api.types.is_numeric_dtype(dtype):
+        return NUMERIC
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return DATETIME
+    if pd.api.types.is_string_dtype(dtype) or isinstance(dtype, pd.CategoricalDtype) or dtype == object:
+        return TEXT
+    return OTHER
+
+
+def _literal_kind(value) -> str:
+    if isinstance(value, bool):
+        return BOOL
+    if isinstance(value, (int, float)) or type(value).__module__ == "numpy":
+        return NUMERIC
+    if isinstance(value, str):
+        return TEXT
+    return OTHER
+
+
+def kind_of(expr: Expr, schema: Mapping[str, str]) -> str:
+    """The kind of values ``expr`` produces; raises PolicyError for meaningless combinations."""
+    if isinstance(expr, Col):
+        return schema[expr.name]
+    if isinstance(expr, Lit):
+        return _literal_kind(expr.value)
+    if isinstance(expr, BinOp):
+        left, right = kind_of(expr.left, schema), kind_of(expr.right, schema)
+        if expr.op in COMPARISON:
+            return BOOL
+        if expr.op in LOGICAL:
+            if left != BOOL or right != BOOL:
+                raise PolicyError(f"'{expr.op}' combines conditions; both sides must be True/False "
+                                  "conditions such as (df.age > 65). Put each comparison in parentheses.")
+            return BOOL
+        if {left, right} <= {NUMERIC, BOOL}:
+            return NUMERIC
+        raise PolicyError(f"arithmetic '{expr.op}' needs numeric columns, not {left} and {right}; "
+                          "convert with .astype(float) or use a numeric column.")
+    if isinstance(expr, UnOp):
+        inner = kind_of(expr.operand, schema)
+        if expr.op == "not":
+            if inner != BOOL:
+                raise PolicyError("'~' negates a condition; apply it to a comparison such as ~(df.age > 65).")
+            return BOOL
+        if inner not in (NUMERIC, BOOL):
+            raise PolicyError(f"'{expr.op}' needs a numeric column, not a {inner} one.")
+        return NUMERIC
+    if isinstance(expr, (IsIn, Between, IsNA)):
+        kind_of(expr.operand, schema)
+        return BOOL
+    if isinstance(expr, Clip):
+        inner = kind_of(expr.operand, schema)
+        if inner not in (NUMERIC, BOOL):
+            raise PolicyError(f"clip() needs a numeric column, not a {inner} one.")
+        return NUMERIC
+    if isinstance(expr, FillNA):
+        return kind_of(expr.operand, schema)
+    if isinstance(expr, AsType):
+        kind_of(expr.operand, schema)
+        return BOOL if expr.dtype == "bool" else NUMERIC
+    raise TypeError(f"not an expression: {expr!r}")
+
+
+Interval = tuple[float, float]
+
+
+def _hull(*points: float) -> Interval:
+    finite = [p for p in points if not math.isnan(p)]
+    return (min(finite), max(finite))
+
+
+def bounds_of(expr: Expr, column_bounds: Callable[[str], Interval | None],
+              schema: Mapping[str, str]) -> Interval | None:
+    """Public bounds of ``expr`` by interval arithmetic, or None when they cannot be derived.
+
+    ``column_bounds(name)`` gives the declared bounds of a source column (policy or protect call).
+    Bounds only decide where values are clamped; the engine clamps to them whatever the data holds.
+    """
+    def go(node: Expr) -> Interval | None:
+        if isinstance(node, Col):
+            if schema.get(node.name) == BOOL:
+                return (0.0, 1.0)
+            return column_bounds(node.name)
+        if isinstance(node, Lit):
+            if isinstance(node.value, (int, float)) and math.isfinite(float(node.value)):
+                return (float(node.value), float(node.value))
+            return None
+        if isinstance(node, (IsIn, Between, IsNA)) or (isinstance(node, BinOp) and node.op in COMPARISON + LOGICAL):
+            return (0.0, 1.0)
+        if isinstance(node, UnOp):
+            if node.op == "not":
+                return (0.0, 1.0)
+            inner = go(node.operand)
+            if inner is None:
+                return None
+            lo, hi = inner
+            if node.op == "neg":
+                return (-hi, -lo)
+            return (0.0 if lo <= 0 <= hi else min(abs(lo), abs(hi)), max(abs(lo), abs(hi)))
+        if isinstance(node, Clip):
+            inner = go(node.operand)
+            lo = node.low if node.low is not None else (inner[0] if inner else None)
+            hi = node.high if node.high is not None else (inner[1] if inner else None)
+            if lo is None or hi is None:
+                return None
+            if inner is not None:
+                lo, hi = max(lo, min(inner[0], hi)), min(hi, max(inner[1], lo))
+            return (float(lo), float(hi))
+        if isinstance(node, FillNA):
+            inner = go(node.operand)
+            if inner is None or not isinstance(node.value, (int, float)):
+                return None
+            return _hull(inner[0], inner[1], float(node.value))
+        if isinstance(node, AsType):
+            inner = go(node.operand)
+            if inner is None:
+                return None
+            if node.dtype.startswith(("int", "uint")):
+                return (float(math.trunc(inner[0])), float(math.trunc(inner[1])))
+            return inner
+        if isinstance(node, BinOp) and node.op in ARITHMETIC:
+            a, b = go(node.left), go(node.right)
+            if a is None or b is None:
+                return None
+            return _arith(node.op, a, b)
+        return None
+
+    result = go(expr)
+    if result is None or not all(math.isfinite(v) for v in result):
+        return None
+    return result
+
+
+def _arith(op: str, a: Interval, b: Interval) -> Interval | None:
+    if op == "+":
+        return (a[0] + b[0], a[1] + b[1])
+    if op == "-":
+        return (a[0] - b[1], a[1] - b[0])
+    if op == "*":
+        return _hull(a[0] * b[0], a[0] * b[1], a[1] * b[0], a[1] * b[1])
+    if op == "/":
+        if b[0] <= 0 <= b[1]:
+            return None  # the divisor may be zero: no finite bound
+        return _hull(a[0] / b[0], a[0] / b[1], a[1] / b[0], a[1] / b[1])
+    if op == "**":
+        if b[0] != b[1] or b[0] != int(b[0]) or b[0] < 0:
+            return None
+        n = int(b[0])
+        ends = (a[0] ** n, a[1] ** n)
+        if n % 2 == 0 and a[0] <= 0 <= a[1]:
+            return (0.0, max(ends))
+        return _hull(*ends)
+    if op == "%":
+        if b[0] == b[1] and b[0] > 0:
+            return (0.0, b[0])
+        return None
+    if op == "//":
+        if b[0] <= 0 <= b[1]:
+            return None
+        q = _hull(a[0] / b[0], a[0] / b[1], a[1] / b[0], a[1] / b[1])
+        return (math.floor(q[0]), math.floor(q[1]))
+    return None

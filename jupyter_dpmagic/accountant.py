@@ -1,0 +1,710 @@
+"""Privacy accounting: what a release costs, what a budget allows, what is left.
+
+A budget is either
+
+* **pure** (``delta == 0``): amounts are epsilon and the epsilons of releases add up (sequential
+  composition), or
+* **zcdp** (``delta > 0``): amounts are rho of zero-concentrated differential privacy, the rhos of
+  releases add up (zCDP composition), and the budget's cap is the largest rho such that rho-zCDP
+  implies ``(epsilon, delta)``-DP. A pure epsilon-DP release costs ``rho = epsilon**2 / 2``
+  (Bun & Steinke 2016, Proposition 1.4); a Gaussian release reports its own rho.
+
+Both compositions hold when each query, including its epsilon, is chosen after seeing the answers
+to the earlier ones. The accountant is therefore a *privacy filter*: it refuses any release that
+would take the running total past the cap, and so the whole interaction, however adaptive, keeps
+the budget's guarantee (Rogers, Roth, Ullman & Vadhan 2016 for pure epsilon; Whitehouse, Ramdas,
+Rogers & Wu 2023 for zCDP filters).
+
+All conversions err on the safe side: a charge is rounded up and a cap down to whole units of
+``1e-12``, and the zCDP conversions are upper bounds on epsilon and delta (lower bounds on rho).
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import math
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+
+from scipy.optimize import minimize_scalar
+
+from .errors import BudgetExceededError, PolicyError
+from .ledger import UNITS_PER_ONE, BudgetRecord, ChargeRecord, SQLiteLedger
+
+__all__ = [
+    "Accountant",
+    "BudgetStatus",
+    "Cost",
+    "check_delta",
+    "check_epsilon",
+    "epsilon_delta_to_rho",
+    "rho_to_delta",
+    "rho_to_epsilon",
+    "units_ceil",
+    "units_floor",
+]
+
+# Floating-point evaluation of a bound can be off by a few ulps; inflating the result by this
+# relative margin keeps it an upper bound.
+_ROUND_UP = 1.0 + 1e-12
+# epsilon_delta_to_rho gives up this relative fraction of rho so that the cap stays sound whatever
+# the residual error of bisection and of the conversion itself.
+_RHO_MARGIN = 1e-9
+
+
+# -- exact units -----------------------------------------------------------------------------------
+
+
+def _decimal(x: float) -> Fraction:
+    # A float is read as the shortest decimal that prints as it (0.1 is exactly 1/10), i.e. what the
+    # user typed. Its binary value differs by at most half an ulp (a relative 1.1e-16), far below
+    # one unit; reading 0.1 as binary would instead make ten charges of 0.1 exceed a cap of 1.0.
+    return Fraction(repr(x))
+
+
+def _positive_finite(x: object, what: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise PolicyError(f"{what} must be a finite number greater than 0 (got {x!r})")
+    value = float(x)
+    if not math.isfinite(value) or value <= 0:
+        raise PolicyError(f"{what} must be a finite number greater than 0 (got {value!r})")
+    return value
+
+
+def _ceil_units(amount: Fraction) -> int:
+    return math.ceil(amount * UNITS_PER_ONE)
+
+
+def units_ceil(x: float) -> int:
+    """Return the whole units a charge of ``x`` takes, rounded up.
+
+    Parameters
+    ----------
+    x : float
+        A positive, finite amount of epsilon or rho.
+
+    Returns
+    -------
+    int
+        ``ceil(x * UNITS_PER_ONE)``, computed exactly.
+
+    Raises
+    ------
+    PolicyError
+        For NaN, infinity, zero, negative values and booleans.
+    """
+    return _ceil_units(_decimal(_positive_finite(x, "a charge")))
+
+
+def units_floor(x: float) -> int:
+    """Return the whole units a cap of ``x`` allows, rounded down.
+
+    Parameters
+    ----------
+    x : float
+        A positive, finite amount of epsilon or rho.
+
+    Returns
+    -------
+    int
+        ``floor(x * UNITS_PER_ONE)``, computed exactly; 0 for caps below one unit.
+
+    Raises
+    ------
+    PolicyError
+        For NaN, infinity, zero, negative values and booleans.
+    """
+    x = _positive_finite(x, "a cap")
+    # Of the decimal and the binary reading, take the smaller: a cap may only ever shrink.
+    return math.floor(min(_decimal(x), Fraction(x)) * UNITS_PER_ONE)
+
+
+# -- zCDP conversions ------------------------------------------------------------------------------
+#
+# Canonne, Kamath & Steinke 2020, "The discrete Gaussian for differential privacy", Proposition 12
+# and Corollary 13: rho-zCDP implies (epsilon, delta)-DP whenever, for some alpha > 1,
+#     delta >= exp((alpha-1)(alpha*rho - epsilon)) / (alpha-1) * (1 - 1/alpha)**alpha.
+# Every alpha gives a valid pair, so a numerical search over alpha can only lose tightness, never
+# soundness. We search over s = log(alpha - 1), which keeps the function well scaled whether the
+# best alpha is 1.001 or 1e6.
+
+
+def _check_rho(rho: object) -> float:
+    if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not (math.isfinite(rho) and rho >= 0):
+        raise PolicyError(f"rho must be a finite number at least 0 (got {rho!r})")
+    return float(rho)
+
+
+def _epsilon_at(s: float, rho: float, log_inv_delta: float) -> float:
+    t = math.exp(s)  # alpha - 1
+    # log(1 - 1/alpha) = -log1p(1/t), accurate for large alpha as well.
+    return (1.0 + t) * rho + (log_inv_delta - math.log1p(t)) / t - math.log1p(1.0 / t)
+
+
+def _log_delta_at(s: float, rho: float, epsilon: float) -> float:
+    t = math.exp(s)  # alpha - 1
+    return t * ((1.0 + t) * rho - epsilon) - s - (1.0 + t) * math.log1p(1.0 / t)
+
+
+def _minimise(f: Callable[[float], float], centre: float) -> float:
+    """Smallest value of ``f`` found on a log grid around ``centre``, refined by a bounded search."""
+
+    def safe(s: float) -> float:
+        # Far from the optimum the terms can overflow; such points are simply not candidates.
+        try:
+            value = f(s)
+        except OverflowError:
+            return math.inf
+        return value if not math.isnan(value) else math.inf
+
+    step, half_width = 0.125, 14.0
+    centre = min(max(centre, -600.0), 600.0)
+    grid = [centre + step * i for i in range(-int(half_width / step), int(half_width / step) + 1)]
+    values = [safe(s) for s in grid]
+    best = min(range(len(grid)), key=values.__getitem__)
+    found = minimize_scalar(
+        safe,
+        bounds=(grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]),
+        method="bounded",
+        options={"xatol": 1e-10},
+    )
+    candidates = [values[best]]
+    if math.isfinite(found.fun):
+        candidates.append(float(found.fun))
+    return min(candidates)
+
+
+def _classic_epsilon(rho: float, log_inv_delta: float) -> float:
+    # Bun & Steinke 2016, Proposition 1.3.
+    return rho + 2.0 * math.sqrt(rho * log_inv_delta)
+
+
+def rho_to_epsilon(rho: float, delta: float) -> float:
+    """Return an epsilon such that rho-zCDP implies ``(epsilon, delta)``-DP.
+
+    Uses the conversion of Canonne, Kamath & Steinke (2020, Corollary 13), minimised numerically
+    over its order alpha, and never returns more than Bun & Steinke's
+    ``rho + 2 * sqrt(rho * log(1/delta))``. Both are valid, so the result is an upper bound on the
+    tightest epsilon.
+
+    Parameters
+    ----------
+    rho : float
+        zCDP parameter, at least 0.
+    delta : float
+        Target delta. 0 gives infinity (unless ``rho == 0``); 1 or more gives 0.
+
+    Returns
+    -------
+    float
+        The epsilon; 0 when ``rho == 0``.
+    """
+    rho = _check_rho(rho)
+    delta = _check_unit_interval(delta, "delta")
+    if rho == 0 or delta >= 1:
+        return 0.0
+    if delta == 0:
+        return math.inf
+    log_inv_delta = -math.log(delta)
+    centre = 0.5 * math.log(log_inv_delta / rho)  # the order that is optimal for the classic bound
+    tight = _minimise(lambda s: _epsilon_at(s, rho, log_inv_delta), centre)
+    return max(0.0, min(tight, _classic_epsilon(rho, log_inv_delta)) * _ROUND_UP)
+
+
+def rho_to_delta(rho: float, epsilon: float) -> float:
+    """Return a delta such that rho-zCDP implies ``(epsilon, delta)``-DP.
+
+    Uses Canonne, Kamath & Steinke (2020, Corollary 13), minimised numerically over its order
+    alpha, and never returns more than Bun & Steinke's ``exp(-(epsilon - rho)**2 / (4 * rho))``.
+
+    Parameters
+    ----------
+    rho : float
+        zCDP parameter, at least 0.
+    epsilon : float
+        Target epsilon, at least 0.
+
+    Returns
+    -------
+    float
+        The delta, at most 1; 0 when ``rho == 0``.
+    """
+    rho = _check_rho(rho)
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not epsilon >= 0:
+        raise PolicyError(f"epsilon must be a number at least 0 (got {epsilon!r})")
+    epsilon = float(epsilon)
+    if rho == 0 or epsilon == math.inf:
+        return 0.0
+    # Stationary point of the dominant terms t**2 rho + t (rho - epsilon) - log t, t = alpha - 1.
+    centre = math.log(((epsilon - rho) + math.sqrt((epsilon - rho) ** 2 + 8.0 * rho)) / (4.0 * rho))
+    log_delta = _minimise(lambda s: _log_delta_at(s, rho, epsilon), centre)
+    if epsilon > rho:
+        log_delta = min(log_delta, -((epsilon - rho) ** 2) / (4.0 * rho))
+    if log_delta >= 0:
+        return 1.0
+    return min(1.0, math.exp(log_delta) * _ROUND_UP)
+
+
+def epsilon_delta_to_rho(epsilon: float, delta: float) -> float:
+    """Return the largest rho found such that rho-zCDP implies ``(epsilon, delta)``-DP.
+
+    Bisection on :func:`rho_to_epsilon`, keeping only values it has checked, then reduced by a
+    relative ``1e-9``; a lower bound, so a cap computed from it is sound.
+
+    Parameters
+    ----------
+    epsilon : float
+        Finite, greater than 0.
+    delta : float
+        Strictly between 0 and 1.
+
+    Returns
+    -------
+    float
+        The rho.
+    """
+    epsilon = check_epsilon(epsilon)
+    delta = check_delta(delta)
+    if delta == 0:
+        raise PolicyError(
+            "zCDP needs delta > 0 to convert to (epsilon, delta)-DP; pass e.g. delta=1e-6, "
+            "or use a pure epsilon budget (delta=0)"
+        )
+    return _rho_for(epsilon, delta)
+
+
+@functools.lru_cache(maxsize=256)
+def _rho_for(epsilon: float, delta: float) -> float:
+    # Cached: caps are recomputed for every cell and tier, and the bisection costs milliseconds.
+    log_inv_delta = -math.log(delta)
+    # The classic bound is looser, so its rho is a valid start: it meets the target here too.
+    lo = (math.sqrt(log_inv_delta + epsilon) - math.sqrt(log_inv_delta)) ** 2
+    if not rho_to_epsilon(lo, delta) <= epsilon:
+        lo = 0.0
+    hi = max(2.0 * lo, epsilon)
+    while rho_to_epsilon(hi, delta) <= epsilon:
+        lo, hi = hi, 2.0 * hi
+    while hi - lo > 1e-13 * hi:
+        mid = 0.5 * (lo + hi)
+        if rho_to_epsilon(mid, delta) <= epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return lo * (1.0 - _RHO_MARGIN)
+
+
+# -- validation ------------------------------------------------------------------------------------
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return repr(float(value))
+    return repr(value)
+
+
+def check_epsilon(value: object, *, what: str = "epsilon") -> float:
+    """Return ``value`` as a float if it is a valid epsilon.
+
+    Parameters
+    ----------
+    value : object
+        Must be a real number (not a bool), finite and greater than 0.
+    what : str, optional
+        The parameter's name, for the error message.
+
+    Raises
+    ------
+    PolicyError
+        Otherwise, saying what a valid value looks like.
+    """
+    number = (
+        float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
+    )
+    if not (math.isfinite(number) and number > 0):
+        raise PolicyError(
+            f"{what} must be a finite number greater than 0 (got {_shown(value)}); pass e.g. {what}=0.1"
+        )
+    return number
+
+
+def check_delta(value: object, *, what: str = "delta") -> float:
+    """Return ``value`` as a float if it is a valid delta.
+
+    Parameters
+    ----------
+    value : object
+        Must be a real number (not a bool) with ``0 <= value < 1``. Values much smaller than one
+        over the number of rows (e.g. 1e-6) are usual; larger ones are accepted.
+    what : str, optional
+        The parameter's name, for the error message.
+
+    Raises
+    ------
+    PolicyError
+        Otherwise, saying what a valid value looks like.
+    """
+    number = (
+        float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
+    )
+    if not (math.isfinite(number) and 0 <= number < 1):
+        raise PolicyError(
+            f"{what} must be a finite number with 0 <= {what} < 1 (got {_shown(value)}); "
+            f"pass e.g. {what}=1e-6, or {what}=0 for pure epsilon"
+        )
+    return number
+
+
+def _check_unit_interval(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise PolicyError(f"{what} must be a number at least 0 (got {value!r})")
+    return float(value)
+
+
+# -- costs and budgets -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one release spends, as its mechanism reports it.
+
+    Attributes
+    ----------
+    epsilon : float
+        The release's epsilon. For a Gaussian release, the epsilon at ``delta`` (informational:
+        a zCDP budget charges ``rho``).
+    delta : float, default 0.0
+        The release's delta.
+    rho : float or None, default None
+        zCDP rho for Gaussian or other zCDP mechanisms; None for pure epsilon releases.
+    """
+
+    epsilon: float
+    delta: float = 0.0
+    rho: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "epsilon", check_epsilon(self.epsilon))
+        object.__setattr__(self, "delta", check_delta(self.delta))
+        if self.rho is not None:
+            object.__setattr__(self, "rho", _positive_finite(self.rho, "rho"))
+
+
+@dataclass(frozen=True, repr=False)
+class BudgetStatus:
+    """What is spent and left of one budget; what ``dp.budget(NAME)`` returns.
+
+    Attributes
+    ----------
+    name, user, mode : str
+        The budget and its kind (``"pure"`` or ``"zcdp"``).
+    epsilon_total, epsilon_spent, epsilon_remaining : float
+        In epsilon; for zCDP budgets ``epsilon_spent`` is the epsilon (at ``delta_total``) of
+        everything released so far.
+    delta_total, delta_spent : float
+        ``delta_spent`` is the delta (at ``epsilon_total``) of everything released so far.
+    rho_total, rho_spent : float or None
+        zCDP amounts; None for pure budgets.
+    releases : int
+        Number of releases charged.
+    tier_spent, purpose_spent : dict of str to float
+        Epsilon-equivalent spent per policy tier and per purpose.
+    """
+
+    name: str
+    user: str
+    mode: str
+    epsilon_total: float
+    epsilon_spent: float
+    epsilon_remaining: float
+    delta_total: float
+    delta_spent: float
+    rho_total: float | None
+    rho_spent: float | None
+    releases: int
+    tier_spent: dict[str, float]
+    purpose_spent: dict[str, float]
+
+    def _rows(self) -> list[tuple[str, str, str, str]]:
+        rows = [
+            ("epsilon", _num(self.epsilon_spent), _num(self.epsilon_total), _num(self.epsilon_remaining)),
+            ("delta", _num(self.delta_spent), _num(self.delta_total), ""),
+        ]
+        if self.rho_total is not None:
+            rho_left = max(0.0, self.rho_total - (self.rho_spent or 0.0))
+            rows.append(("rho (zCDP)", _num(self.rho_spent or 0.0), _num(self.rho_total), _num(rho_left)))
+        return rows
+
+    def _title(self) -> str:
+        kind = "pure epsilon" if self.mode == "pure" else "zCDP"
+        return f"Privacy budget {self.name!r} of {self.user!r} ({kind}), {self.releases} releases"
+
+    def __str__(self) -> str:
+        header = ("", "spent", "total", "remaining")
+        table = [header, *self._rows()]
+        widths = [max(len(row[i]) for row in table) for i in range(4)]
+        lines = [self._title()]
+        for row in table:
+            cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])]
+            lines.append("  " + "  ".join(cells).rstrip())
+        for label, spent in (("by tier", self.tier_spent), ("by purpose", self.purpose_spent)):
+            if spent:
+                lines.append(f"  {label}: " + ", ".join(f"{k} {_num(v)}" for k, v in spent.items()))
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        esc = html.escape
+        cells = "".join(
+            "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in self._rows()
+        )
+        extra = "".join(
+            f"<p>{label}: " + esc(", ".join(f"{k} {_num(v)}" for k, v in spent.items())) + "</p>"
+            for label, spent in (("by tier", self.tier_spent), ("by purpose", self.purpose_spent))
+            if spent
+        )
+        return (
+            f"<div><strong>{esc(self._title())}</strong>"
+            "<table><tr><th></th><th>spent</th><th>total</th><th>remaining</th></tr>"
+            f"{cells}</table>{extra}</div>"
+        )
+
+
+def _num(x: float) -> str:
+    return f"{x:.6g}"
+
+
+class Accountant:
+    """Turns costs into ledger charges and ledger units into epsilon.
+
+    Parameters
+    ----------
+    ledger : SQLiteLedger
+        Where budgets and charges are kept.
+    """
+
+    def __init__(self, ledger: SQLiteLedger) -> None:
+        self.ledger = ledger
+
+    def open(self, *, name: str, user: str, fingerprint: str, epsilon: float, delta: float) -> BudgetRecord:
+        """Register a budget of ``(epsilon, delta)`` for a dataset, or return the existing one.
+
+        Parameters
+        ----------
+        name, user, fingerprint : str
+            See :meth:`SQLiteLedger.open_budget`.
+        epsilon : float
+            Total epsilon, finite and greater than 0.
+        delta : float
+            Total delta; 0 makes a pure epsilon budget, a value in (0, 1) a zCDP budget.
+
+        Returns
+        -------
+        BudgetRecord
+
+        Raises
+        ------
+        PolicyError
+            For invalid amounts, or as :meth:`SQLiteLedger.open_budget` does.
+        """
+        epsilon = check_epsilon(epsilon)
+        delta = check_delta(delta)
+        if delta == 0:
+            mode, cap_units = "pure", units_floor(epsilon)
+        else:
+            mode, cap_units = "zcdp", units_floor(epsilon_delta_to_rho(epsilon, delta))
+        if cap_units == 0:
+            raise PolicyError(
+                f"epsilon={epsilon!r} with delta={delta!r} is too small to allow any release; "
+                "pass e.g. epsilon=1.0"
+            )
+        return self.ledger.open_budget(
+            name=name,
+            user=user,
+            fingerprint=fingerprint,
+            mode=mode,
+            epsilon_total=epsilon,
+            delta_total=delta,
+            cap_units=cap_units,
+        )
+
+    def units(self, record: BudgetRecord, cost: Cost) -> int:
+        """Return what ``cost`` takes from the budget of ``record``, in units, rounded up.
+
+        Raises
+        ------
+        PolicyError
+            If a pure budget is asked to pay for a release with delta or rho, or a zCDP budget for
+            an approximate release that reports no rho.
+        """
+        if record.mode == "pure":
+            if cost.delta != 0 or cost.rho is not None:
+                raise PolicyError(
+                    f"the budget of {record.name!r} is pure epsilon (delta=0): a release with delta>0 needs "
+                    "a budget with delta, protect with delta=1e-6"
+                )
+            return units_ceil(cost.epsilon)
+        if cost.rho is not None:
+            return units_ceil(cost.rho)
+        if cost.delta != 0:
+            # (epsilon, delta)-DP with delta > 0 implies no zCDP bound at all.
+            raise PolicyError(
+                "a release with delta>0 must report its zCDP rho to be charged to a zCDP budget; "
+                "use a Gaussian or pure epsilon mechanism"
+            )
+        # Pure epsilon-DP implies (epsilon**2 / 2)-zCDP; squared exactly so rounding cannot undercharge.
+        return _ceil_units(_decimal(cost.epsilon) ** 2 / 2)
+
+    def cap_units(self, record: BudgetRecord, epsilon: float) -> int:
+        """Return the units that a cap of ``epsilon`` means for this budget, rounded down.
+
+        For zCDP budgets the cap is the rho that guarantees ``(epsilon, record.delta_total)``-DP.
+        """
+        epsilon = check_epsilon(epsilon)
+        if record.mode == "pure":
+            return units_floor(epsilon)
+        return units_floor(epsilon_delta_to_rho(epsilon, record.delta_total))
+
+    def charge(
+        self,
+        record: BudgetRecord,
+        cost: Cost,
+        *,
+        query: str,
+        mechanism: str,
+        tier: str,
+        purpose: str,
+        tier_share: float | None = None,
+    ) -> ChargeRecord:
+        """Charge ``cost`` to the budget of ``record``, durably, before anything is released.
+
+        Parameters
+        ----------
+        record : BudgetRecord
+            The budget, as returned by :meth:`open`.
+        cost : Cost
+            What the release spends.
+        query, mechanism, tier, purpose : str
+            Recorded with the charge.
+        tier_share : float, optional
+            The policy's largest share of the budget for ``tier``, in (0, 1].
+
+        Returns
+        -------
+        ChargeRecord
+
+        Raises
+        ------
+        BudgetExceededError
+            If the budget or the tier's share cannot pay; nothing is charged.
+        PolicyError
+            If the cost does not fit the budget's kind or ``tier_share`` is invalid.
+        """
+        units = self.units(record, cost)
+        tier_cap_units = None
+        if tier_share is not None:
+            share = check_epsilon(tier_share, what="tier_share")
+            if share > 1:
+                raise PolicyError(
+                    f"tier_share must be at most 1 (got {share!r}); it is a fraction of the budget"
+                )
+            tier_cap_units = math.floor(min(_decimal(share), Fraction(share)) * record.cap_units)
+        if record.mode == "pure":
+            rho = None
+        else:
+            rho = cost.rho if cost.rho is not None else cost.epsilon**2 / 2
+        try:
+            return self.ledger.charge(
+                name=record.name,
+                user=record.user,
+                units=units,
+                epsilon=cost.epsilon,
+                delta=cost.delta,
+                rho=rho,
+                query=query,
+                mechanism=mechanism,
+                tier=tier,
+                purpose=purpose,
+                tier_cap_units=tier_cap_units,
+            )
+        except BudgetExceededError as error:
+            if record.mode == "pure":
+                raise
+            raise self._in_epsilon(record, cost, error) from None
+
+    def _in_epsilon(
+        self, record: BudgetRecord, cost: Cost, error: BudgetExceededError
+    ) -> BudgetExceededError:
+        # The ledger counts zCDP budgets in rho; people think in epsilon.
+        current = self.ledger.budget(name=record.name, user=record.user)
+        rho = error.needed_units / UNITS_PER_ONE
+        needs = f"this release needs epsilon {_num(cost.epsilon)} (zCDP rho {_num(rho)})"
+        advice = "nothing was charged. Ask for less with epsilon=..., or run %dp budget to see what is left."
+        tier = getattr(error, "tier", None)
+        if tier is None:
+            left = max(0.0, current.epsilon_total - self.epsilon_of_units(current, current.spent_units))
+            message = (
+                f"{needs} but only about epsilon {_num(left)} remains of the budget for {record.name!r}; "
+                f"{advice}"
+            )
+        else:
+            spent = self.ledger.tier_spent_units(name=record.name, user=record.user).get(tier, 0)
+            cap = spent + error.remaining_units
+            message = (
+                f"the policy caps the share of tier {tier!r} in the budget for {record.name!r} at about "
+                f"epsilon {_num(self.epsilon_of_units(current, cap))}, of which epsilon "
+                f"{_num(self.epsilon_of_units(current, spent))} is spent; {needs}, so {advice}"
+            )
+        new = BudgetExceededError(message)
+        new.needed_units, new.remaining_units, new.tier = error.needed_units, error.remaining_units, tier
+        return new
+
+    def epsilon_of_units(self, record: BudgetRecord, units: int) -> float:
+        """Return the epsilon that ``units`` of this budget amount to, at most ``epsilon_total``.
+
+        Pure budgets: ``units / UNITS_PER_ONE``. zCDP budgets: the epsilon, at ``delta_total``, of
+        that much rho.
+        """
+        if units <= 0:
+            return 0.0
+        amount = units / UNITS_PER_ONE
+        if record.mode == "pure":
+            return amount
+        return min(record.epsilon_total, rho_to_epsilon(amount, record.delta_total))
+
+    def status(self, *, name: str, user: str) -> BudgetStatus:
+        """Return what is spent and left of the budget of dataset ``name`` for ``user``.
+
+        Raises
+        ------
+        PolicyError
+            If there is no such budget.
+        """
+        record = self.ledger.budget(name=name, user=user)
+        tiers = self.ledger.tier_spent_units(name=name, user=user)
+        purposes = self.ledger.purpose_spent_units(name=name, user=user)
+        spent = self.epsilon_of_units(record, record.spent_units)
+        if record.mode == "pure":
+            delta_spent, rho_total, rho_spent = 0.0, None, None
+        else:
+            rho_total = record.cap_units / UNITS_PER_ONE
+            rho_spent = record.spent_units / UNITS_PER_ONE
+            delta_spent = min(record.delta_total, rho_to_delta(rho_spent, record.epsilon_total))
+        return BudgetStatus(
+            name=record.name,
+            user=record.user,
+            mode=record.mode,
+            epsilon_total=record.epsilon_total,
+            epsilon_spent=spent,
+            epsilon_remaining=max(0.0, record.epsilon_total - spent),
+            delta_total=record.delta_total,
+            delta_spent=delta_spent,
+            rho_total=rho_total,
+            rho_spent=rho_spent,
+            releases=record.releases,
+            tier_spent={k: self.epsilon_of_units(record, v) for k, v in tiers.items()},
+            purpose_spent={k: self.epsilon_of_units(record, v) for k, v in purposes.items()},
+        )

@@ -1,0 +1,76 @@
+"""The Python API: protect data, read budgets and histories."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+
+from .accountant import BudgetStatus
+from .frame import PrivateFrame
+from .session import current_user, get_session
+from .tables import HistoryTable, PolicyTable
+
+__all__ = ["protect", "budget", "history", "policy"]
+
+
+def protect(df: pd.DataFrame, *, name: str, epsilon: float, delta: float = 0.0, policy=None,
+            privacy_unit: str | None = None, max_rows_per_unit: int = 1, bounds: Mapping | None = None,
+            categories: Mapping | None = None) -> PrivateFrame:
+    """Protect a DataFrame: from now on only DP releases of it leave ``%%dp`` cells.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        The data. It is not copied out again; later edits of ``df`` do not change the protected data.
+    name : str
+        The dataset's name in the budget ledger. Protecting the same data under the same name again
+        (also after a kernel restart) continues the same budget.
+    epsilon : float
+        The total privacy budget of this dataset for the current user.
+    delta : float, default 0
+        0 for a pure epsilon budget (Laplace noise); > 0 for an approximate budget accounted in
+        zero-concentrated DP (Gaussian noise, tighter composition over many releases).
+    policy : dp.Policy, path or dict, optional
+        Tiers, purposes and column metadata; the built-in policy when omitted.
+    privacy_unit : str, optional
+        The column naming the person when one person can have several rows.
+    max_rows_per_unit : int, default 1
+        At most this many rows per person enter each release; noise is scaled to it.
+    bounds : mapping, optional
+        ``{column: (low, high)}`` public clamping bounds for numeric columns.
+    categories : mapping, optional
+        ``{column: [values]}`` public group keys (empty groups are released too).
+
+    Returns
+    -------
+    PrivateFrame
+
+    Examples
+    --------
+    >>> visits = dp.protect(df, name="visits", epsilon=1.0, bounds={"age": (0, 110)})  # doctest: +SKIP
+    """
+    dataset = get_session().protect(df, name=name, epsilon=epsilon, delta=delta, policy=policy,
+                                    privacy_unit=privacy_unit, max_rows_per_unit=max_rows_per_unit,
+                                    bounds=bounds, categories=categories)
+    return PrivateFrame(dataset)
+
+
+def budget(name: str) -> BudgetStatus:
+    """The budget of dataset ``name`` for the current user: totals, spent and remaining.
+
+    Works for any dataset in the ledger, also one protected in an earlier session.
+    """
+    return get_session().accountant.status(name=name, user=current_user())
+
+
+def history(name: str) -> HistoryTable:
+    """Every charge recorded against dataset ``name`` for the current user, oldest first."""
+    accountant = get_session().accountant
+    record = accountant.ledger.budget(name=name, user=current_user())
+    return HistoryTable(record, accountant.ledger.history(name=name, user=current_user()))
+
+
+def policy(name: str) -> PolicyTable:
+    """Each column's resolved tier, bounds, categories and default epsilon per purpose."""
+    return PolicyTable(get_session().dataset(name))

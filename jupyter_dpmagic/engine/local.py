@@ -1,0 +1,262 @@
+"""The local engine: runs plans on an in-memory pandas DataFrame with vectorised numpy.
+
+It filters rows, clamps, bounds each person's contribution and aggregates exactly; it never sees an
+epsilon and never adds noise. Its outputs are integers whose sensitivity the primitives state.
+"""
+
+from __future__ import annotations
+
+import operator
+import secrets
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..plan import (AsType, Between, BinOp, Clip, Col, Expr, FillNA, FixedSum, IsIn, IsNA, Lit, Query,
+                    QuantileScores, RowCount, UnOp)
+
+__all__ = ["LocalEngine"]
+
+# A float64 holds every integer up to 2**53 exactly; terms are at most 2**23, so sums over chunks of
+# 2**29 rows never round. Larger inputs are summed chunk by chunk into Python integers.
+_CHUNK = 2**29
+
+_BINARY = {
+    "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+    "//": operator.floordiv, "%": operator.mod, "**": operator.pow,
+    "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
+    ">=": operator.ge, "&": operator.and_, "|": operator.or_, "^": operator.xor,
+}
+
+
+class LocalEngine:
+    """Executes :class:`~jupyter_dpmagic.plan.Query` objects against one protected DataFrame."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self._frame = frame
+        self._n = len(frame)
+        self._codes_cache: dict = {}
+        self._unit_codes: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------------------------------ public
+    def run(self, query: Query, primitives: Sequence) -> list[list]:
+        """Exact values of ``primitives``: per primitive, a list with one entry per group.
+
+        Without ``query.by`` there is one group. Entries are Python integers, except for quantile
+        scores, whose single entry is the list of integer scores of every candidate.
+        """
+        cache: dict = {}
+        rows = self._where(query.where, cache)
+        codes, n_groups = self._group_codes(query.by, cache)
+        if codes is not None:
+            rows = _and(rows, codes >= 0)
+        keep_by_expr: dict = {}
+        out = []
+        for prim in primitives:
+            key = prim.expr
+            if key not in keep_by_expr:
+                keep = rows
+                if key is not None:
+                    keep = _and(keep, self._notna(key, cache))
+                if query.unit is not None:
+                    keep = self._bound(keep, query.unit, query.max_rows)
+                keep_by_expr[key] = keep
+            out.append(self._primitive(prim, keep_by_expr[key], codes, n_groups, cache))
+        return out
+
+    # -------------------------------------------------------------------------------- evaluation
+    def evaluate(self, expr: Expr, cache: dict | None = None):
+        """Row-wise value of ``expr`` as a pandas Series (or a scalar for a literal)."""
+        cache = {} if cache is None else cache
+        if expr in cache:
+            return cache[expr]
+        value = self._eval(expr, cache)
+        cache[expr] = value
+        return value
+
+    def _eval(self, expr: Expr, cache: dict):
+        ev = lambda e: self.evaluate(e, cache)  # noqa: E731
+        if isinstance(expr, Col):
+            return self._frame[expr.name]
+        if isinstance(expr, Lit):
+            return expr.value
+        if isinstance(expr, BinOp):
+            left, right = ev(expr.left), ev(expr.right)
+            if expr.op in ("&", "|", "^"):
+                left, right = _as_bool(left), _as_bool(right)
+            with np.errstate(all="ignore"):
+                result = _BINARY[expr.op](left, right)
+            if expr.op in ("/", "//", "%", "**") and isinstance(result, pd.Series):
+                result = result.replace([np.inf, -np.inf], np.nan)  # x / 0 has no value, not an infinite one
+            return result
+        if isinstance(expr, UnOp):
+            inner = ev(expr.operand)
+            if expr.op == "not":
+                return ~_as_bool(inner)
+            return -inner if expr.op == "neg" else abs(inner)
+        if isinstance(expr, IsIn):
+            return ev(expr.operand).isin(list(expr.values))
+        if isinstance(expr, Between):
+            return ev(expr.operand).between(expr.low, expr.high, inclusive=expr.inclusive)
+        if isinstance(expr, IsNA):
+            return ev(expr.operand).isna()
+        if isinstance(expr, Clip):
+            return ev(expr.operand).clip(expr.low, expr.high)
+        if isinstance(expr, FillNA):
+            return ev(expr.operand).fillna(expr.value)
+        if isinstance(expr, AsType):
+            inner = ev(expr.operand)
+            if expr.dtype.startswith(("int", "uint")):
+                # Truncate like astype(int) but keep missing values missing instead of failing.
+                return np.trunc(inner.astype("float64"))
+            return inner.astype(expr.dtype)
+        raise TypeError(f"not an expression: {expr!r}")
+
+    def _numeric(self, expr: Expr, cache: dict) -> np.ndarray:
+        value = self.evaluate(expr, cache)
+        if not isinstance(value, pd.Series):
+            return np.full(self._n, float(value))
+        return value.to_numpy(dtype="float64", na_value=np.nan)
+
+    def _notna(self, expr: Expr, cache: dict) -> np.ndarray | None:
+        value = self.evaluate(expr, cache)
+        if not isinstance(value, pd.Series):
+            return None if pd.notna(value) else np.zeros(self._n, dtype=bool)
+        if value.dtype.kind == "f":
+            arr = value.to_numpy()
+            present = ~np.isnan(arr)
+            return None if present.all() else present
+        present = value.notna().to_numpy()
+        return None if present.all() else present
+
+    def _where(self, predicates, cache) -> np.ndarray | None:
+        rows = None
+        for predicate in predicates:
+            value = self.evaluate(predicate, cache)
+            if isinstance(value, pd.Series):
+                mask = value.fillna(False).to_numpy(dtype=bool)
+            else:
+                mask = np.full(self._n, bool(value))
+            rows = _and(rows, mask)
+        return rows
+
+    # ---------------------------------------------------------------------------------- grouping
+    def _group_codes(self, keys, cache) -> tuple[np.ndarray | None, int]:
+        if not keys:
+            return None, 1
+        codes = np.zeros(self._n, dtype=np.int64)
+        stride = 1
+        for key in reversed(keys):
+            key_codes = self._key_codes(key, cache)
+            codes = np.where((codes < 0) | (key_codes < 0), -1, codes + key_codes * stride)
+            stride *= len(key.categories)
+        return codes, stride
+
+    def _key_codes(self, key, cache) -> np.ndarray:
+        # Source columns never change after protect(), so their codes are cached across queries.
+        cacheable = isinstance(key.expr, Col)
+        token = (key.expr, key.categories)
+        if cacheable and token in self._codes_cache:
+            return self._codes_cache[token]
+        values = self.evaluate(key.expr, cache)
+        index = pd.Index(list(key.categories))
+        codes = index.get_indexer(pd.Index(values)).astype(np.int64)
+        if cacheable:
+            self._codes_cache[token] = codes
+        return codes
+
+    # ------------------------------------------------------------------------ contribution bounds
+    def _bound(self, keep: np.ndarray | None, unit: str, max_rows: int) -> np.ndarray:
+        """Keep at most ``max_rows`` rows per person, chosen uniformly at random within that person.
+
+        The choice for one person depends only on that person's own rows and fresh randomness, never
+        on other people's data, so the bound on each person's influence holds.
+        """
+        if unit not in self._unit_codes:
+            self._unit_codes[unit] = pd.factorize(self._frame[unit], use_na_sentinel=True)[0]
+        unit_codes = self._unit_codes[unit]
+        index = np.arange(self._n) if keep is None else np.flatnonzero(keep)
+        people = unit_codes[index]
+        rng = np.random.default_rng(secrets.randbits(128))
+        order = np.lexsort((rng.random(len(index)), people))
+        sorted_people = people[order]
+        starts = np.flatnonzero(np.r_[True, sorted_people[1:] != sorted_people[:-1]])
+        lengths = np.diff(np.r_[starts, len(order)])
+        rank = np.arange(len(order)) - np.repeat(starts, lengths)
+        bounded = np.zeros(self._n, dtype=bool)
+        bounded[index[order[rank < max_rows]]] = True
+        return bounded
+
+    # -------------------------------------------------------------------------------- primitives
+    def _primitive(self, prim, keep, codes, n_groups, cache) -> list:
+        group = None if codes is None else (codes if keep is None else codes[keep])
+        if isinstance(prim, RowCount):
+            if group is None:
+                return [self._n if keep is None else int(np.count_nonzero(keep))]
+            return [int(c) for c in np.bincount(group, minlength=n_groups)]
+        values = self._numeric(prim.expr, cache)
+        if keep is not None:
+            values = values[keep]
+        if isinstance(prim, FixedSum):
+            terms = _fixed_terms(values, prim)
+            if group is None:
+                return [_exact_sum(terms)]
+            return _exact_bincount(group, terms, n_groups)
+        if isinstance(prim, QuantileScores):
+            if group is not None:
+                raise TypeError("quantile scores are computed without groups")
+            return [_quantile_scores(values, prim)]
+        raise TypeError(f"unknown primitive {prim!r}")
+
+
+def _and(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
+    """Row masks where None means every row."""
+    if a is None:
+        return b
+    return a if b is None else a & b
+
+
+def _as_bool(value):
+    if isinstance(value, pd.Series) and value.dtype != bool:
+        return value.fillna(False).astype(bool)
+    return value
+
+
+def _fixed_terms(values: np.ndarray, prim: FixedSum) -> np.ndarray:
+    """Clamp, map to the integer grid and clamp again as integers (in place on one buffer)."""
+    buf = np.clip(values, prim.low, prim.high)
+    if prim.square:
+        buf -= prim.centre
+        np.square(buf, out=buf)
+    buf -= prim.shift
+    buf *= 1.0 / prim.grid
+    np.clip(buf, -prim.limit, prim.limit, out=buf)
+    np.rint(buf, out=buf)
+    return buf
+
+
+def _exact_sum(terms: np.ndarray) -> int:
+    return sum(int(np.sum(terms[i:i + _CHUNK])) for i in range(0, len(terms), _CHUNK)) if len(terms) else 0
+
+
+def _exact_bincount(group: np.ndarray, terms: np.ndarray, n_groups: int) -> list[int]:
+    totals = [0] * n_groups
+    for i in range(0, len(terms), _CHUNK):
+        part = np.bincount(group[i:i + _CHUNK], weights=terms[i:i + _CHUNK], minlength=n_groups)
+        totals = [t + int(p) for t, p in zip(totals, part)]
+    return totals
+
+
+def _quantile_scores(values: np.ndarray, prim: QuantileScores) -> list[int]:
+    """Integer scores of every candidate: ``-|(den - num) * below - num * above|``."""
+    x = np.clip(values, prim.low, prim.high)
+    candidates = np.asarray(prim.candidates)
+    n_cand = len(candidates)
+    # below(c_i) = #{x < c_i} = #{x : searchsorted_right(x) <= i}; above(c_i) = #{x > c_i} likewise.
+    right = np.searchsorted(candidates, x, side="right")
+    left = np.searchsorted(candidates, x, side="left")
+    below = np.cumsum(np.bincount(right, minlength=n_cand + 1))[:n_cand]
+    above = len(x) - np.cumsum(np.bincount(left, minlength=n_cand + 1))[:n_cand]
+    scores = -np.abs((prim.den - prim.num) * below.astype(np.int64) - prim.num * above.astype(np.int64))
+    return [int(s) for s in scores]

@@ -1,0 +1,105 @@
+"""Noise, from OpenDP's vetted samplers only.
+
+Every primitive an engine computes is an integer (or a vector of integers, one per group) with an
+integer sensitivity, so all noise here is OpenDP's exact discrete Laplace or discrete Gaussian, and
+selection is OpenDP's noisy max. No noise is ever drawn from ``random`` or numpy, and no seed exists.
+
+Each :class:`Noise` knows its privacy map: the loss charged is what OpenDP's own map reports for the
+measurement actually used (which may round up, never down).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import opendp.prelude as dp
+
+dp.enable_features("contrib")
+
+__all__ = ["Noise", "laplace", "gaussian", "noisy_max", "additive", "PURE", "ZCDP"]
+
+PURE, ZCDP = "pure", "zcdp"
+_I64_LIMIT = 2**62  # keep values + noise well inside i64
+
+
+@lru_cache(maxsize=None)
+def _spaces(vector: bool, metric: str):
+    atom = dp.atom_domain(T="i64")
+    if not vector:
+        return atom, dp.absolute_distance(T="i64")
+    domain = dp.vector_domain(atom)
+    if metric == "l1":
+        return domain, dp.l1_distance(T="i64")
+    if metric == "l2":
+        return domain, dp.l2_distance(T="i64")
+    return domain, dp.linf_distance(T="i64")
+
+
+@dataclass(frozen=True, eq=False)
+class Noise:
+    """A ready-to-run OpenDP measurement plus what it costs and how accurate it is."""
+
+    name: str  # shown to users, e.g. "discrete Laplace"
+    measure: str  # PURE (loss is epsilon) or ZCDP (loss is rho)
+    sensitivity: int
+    scale: float
+    loss: float
+    _measurement: object
+
+    def __call__(self, value):
+        """Noisy value(s); integers in, integers out (for noisy max: the selected index)."""
+        if isinstance(value, (list, tuple)):
+            for v in value:
+                _check_range(v)
+            result = self._measurement(list(value))
+            return list(result) if isinstance(result, (list, tuple)) else result
+        _check_range(value)
+        return self._measurement(value)
+
+    def half_width(self, alpha: float) -> float:
+        """``a`` such that the noise exceeds ``a`` in absolute value with probability at most ``alpha``."""
+        if self.name == "discrete Gaussian":
+            return float(dp.discrete_gaussian_scale_to_accuracy(self.scale, alpha))
+        return float(dp.discrete_laplacian_scale_to_accuracy(self.scale, alpha))
+
+
+def _check_range(value) -> None:
+    if abs(int(value)) >= _I64_LIMIT:
+        raise OverflowError("an aggregate is too large for exact integer noise; narrow the bounds")
+
+
+def laplace(*, sensitivity: int, epsilon: float, vector: bool) -> Noise:
+    """Discrete Laplace noise calibrated so that ``sensitivity`` (L1) costs ``epsilon``."""
+    scale = sensitivity / epsilon
+    meas = dp.m.make_laplace(*_spaces(vector, "l1"), scale=scale)
+    return Noise("discrete Laplace", PURE, sensitivity, scale, float(meas.map(sensitivity)), meas)
+
+
+def gaussian(*, sensitivity: int, rho: float, vector: bool) -> Noise:
+    """Discrete Gaussian noise calibrated so that ``sensitivity`` (L2) costs ``rho`` (zCDP)."""
+    scale = sensitivity / math.sqrt(2.0 * rho)
+    meas = dp.m.make_gaussian(*_spaces(vector, "l2"), scale=scale)
+    return Noise("discrete Gaussian", ZCDP, sensitivity, scale, float(meas.map(sensitivity)), meas)
+
+
+def noisy_max(*, sensitivity: int, loss: float, measure: str) -> Noise:
+    """Report-noisy-max (the exponential mechanism) over integer scores with L-inf ``sensitivity``.
+
+    Scores are not monotone (one more row can raise some and lower others), hence the factor 2 under
+    pure DP; under zCDP OpenDP maps the same mechanism to (2 * sensitivity / scale)^2 / 8.
+    """
+    if measure == PURE:
+        scale, out = 2.0 * sensitivity / loss, dp.max_divergence()
+    else:
+        scale, out = sensitivity / math.sqrt(2.0 * loss), dp.zero_concentrated_divergence()
+    meas = dp.m.make_noisy_max(*_spaces(True, "linf"), out, scale=scale)
+    return Noise("exponential mechanism", measure, sensitivity, scale, float(meas.map(sensitivity)), meas)
+
+
+def additive(*, sensitivity: int, loss: float, measure: str, vector: bool) -> Noise:
+    """Laplace under a pure budget, Gaussian under a zCDP budget."""
+    if measure == PURE:
+        return laplace(sensitivity=sensitivity, epsilon=loss, vector=vector)
+    return gaussian(sensitivity=sensitivity, rho=loss, vector=vector)

@@ -1,0 +1,314 @@
+"""The query plan: a small, serialisable description of one release.
+
+Proxies build plans, engines execute them, nothing else is shared between the two. A plan is made of
+frozen dataclasses only (no callables, no data), so the same plan can run in this process, on Spark, or
+travel as JSON to a steward that holds the data.
+
+A :class:`Query` is flat on purpose: the row transforms of pandas code (column arithmetic, ``assign``,
+``fillna``...) are inlined into column expressions, and every filter becomes one predicate of ``where``.
+That keeps engines simple and makes bounds and touched columns easy to derive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Union
+
+__all__ = [
+    "Col", "Lit", "BinOp", "UnOp", "IsIn", "Between", "IsNA", "Clip", "FillNA", "AsType", "Expr",
+    "GroupKey", "Count", "Sum", "Mean", "Variance", "Quantile", "Measure", "Query",
+    "RowCount", "FixedSum", "QuantileScores", "Primitive",
+    "columns_of", "to_dict", "from_dict", "describe",
+]
+
+ARITHMETIC = ("+", "-", "*", "/", "//", "%", "**")
+COMPARISON = ("==", "!=", "<", "<=", ">", ">=")
+LOGICAL = ("&", "|", "^")
+
+
+# ----------------------------------------------------------------------------------------------- row
+@dataclass(frozen=True)
+class Col:
+    """A column of the protected source table."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Lit:
+    """A public constant written in the cell."""
+
+    value: Any
+
+
+@dataclass(frozen=True)
+class BinOp:
+    op: str
+    left: "Expr"
+    right: "Expr"
+
+
+@dataclass(frozen=True)
+class UnOp:
+    op: str  # "neg", "not", "abs"
+    operand: "Expr"
+
+
+@dataclass(frozen=True)
+class IsIn:
+    operand: "Expr"
+    values: tuple
+
+
+@dataclass(frozen=True)
+class Between:
+    operand: "Expr"
+    low: Any
+    high: Any
+    inclusive: str = "both"
+
+
+@dataclass(frozen=True)
+class IsNA:
+    operand: "Expr"
+
+
+@dataclass(frozen=True)
+class Clip:
+    operand: "Expr"
+    low: float | None
+    high: float | None
+
+
+@dataclass(frozen=True)
+class FillNA:
+    operand: "Expr"
+    value: Any
+
+
+@dataclass(frozen=True)
+class AsType:
+    operand: "Expr"
+    dtype: str
+
+
+Expr = Union[Col, Lit, BinOp, UnOp, IsIn, Between, IsNA, Clip, FillNA, AsType]
+
+
+# ------------------------------------------------------------------------------------------ measures
+@dataclass(frozen=True)
+class GroupKey:
+    """A grouping expression and its public categories (empty groups are released too)."""
+
+    label: str
+    expr: Expr
+    categories: tuple
+
+
+@dataclass(frozen=True)
+class Count:
+    """Rows (``expr is None``) or non-missing values of ``expr``."""
+
+    expr: Expr | None = None
+
+
+@dataclass(frozen=True)
+class Sum:
+    expr: Expr
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Mean:
+    expr: Expr
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Variance:
+    expr: Expr
+    low: float
+    high: float
+    ddof: int = 1
+    root: bool = False  # standard deviation
+
+
+@dataclass(frozen=True)
+class Quantile:
+    expr: Expr
+    low: float
+    high: float
+    q: float
+
+
+Measure = Union[Count, Sum, Mean, Variance, Quantile]
+
+
+@dataclass(frozen=True)
+class Query:
+    """One release: measures over the rows of ``dataset`` that satisfy every ``where`` predicate.
+
+    ``unit``/``max_rows`` bound each person's contribution: at most ``max_rows`` rows per value of the
+    ``unit`` column enter the aggregate (all rows are one person each when ``unit`` is None).
+    """
+
+    dataset: str
+    measures: tuple  # tuple[Measure, ...]
+    where: tuple = ()  # tuple[Expr, ...]
+    by: tuple = ()  # tuple[GroupKey, ...]
+    unit: str | None = None
+    max_rows: int = 1
+
+
+# ---------------------------------------------------------------------------------------- primitives
+# What an engine computes exactly, per group, as integers. Each primitive has a sensitivity that holds
+# under finite arithmetic: values are clamped, mapped to integers on a public grid, clamped again as
+# integers and only then summed, so no float rounding can push one row's influence past the bound.
+@dataclass(frozen=True)
+class RowCount:
+    expr: Expr | None = None  # count rows where expr is not missing (all rows when None)
+
+    def sensitivity(self) -> int:
+        return 1
+
+
+@dataclass(frozen=True)
+class FixedSum:
+    """Sum of ``round((transform(clip(x, low, high)) - shift) / grid)``, each term in ``[-limit, limit]``.
+
+    ``square`` applies ``(x - centre) ** 2`` before the shift (for variances).
+    """
+
+    expr: Expr
+    low: float
+    high: float
+    shift: float
+    grid: float
+    limit: int
+    square: bool = False
+    centre: float = 0.0
+
+    def sensitivity(self) -> int:
+        return self.limit
+
+
+@dataclass(frozen=True)
+class QuantileScores:
+    """Exponential-mechanism scores ``-|(den - num) * below(c) - num * above(c)|`` for each candidate."""
+
+    expr: Expr
+    low: float
+    high: float
+    candidates: tuple
+    num: int
+    den: int
+
+    def sensitivity(self) -> int:
+        return max(self.num, self.den - self.num)
+
+
+Primitive = Union[RowCount, FixedSum, QuantileScores]
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def columns_of(node: Any) -> set[str]:
+    """Names of the source columns a plan node reads."""
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, Col):
+            found.add(value.name)
+        elif dataclasses.is_dataclass(value):
+            for field in dataclasses.fields(value):
+                walk(getattr(value, field.name))
+        elif isinstance(value, tuple):
+            for item in value:
+                walk(item)
+
+    walk(node)
+    return found
+
+
+_KINDS = {cls.__name__: cls for cls in (
+    Col, Lit, BinOp, UnOp, IsIn, Between, IsNA, Clip, FillNA, AsType, GroupKey,
+    Count, Sum, Mean, Variance, Quantile, Query, RowCount, FixedSum, QuantileScores)}
+
+
+def to_dict(node: Any) -> Any:
+    """Plain JSON-able data for a plan node (``{"kind": ..., fields...}``)."""
+    if dataclasses.is_dataclass(node):
+        out = {"kind": type(node).__name__}
+        for field in dataclasses.fields(node):
+            out[field.name] = to_dict(getattr(node, field.name))
+        return out
+    if isinstance(node, tuple):
+        return {"kind": "tuple", "items": [to_dict(item) for item in node]}
+    if isinstance(node, float) and not math.isfinite(node):
+        return {"kind": "float", "repr": repr(node)}
+    return node
+
+
+def from_dict(data: Any) -> Any:
+    """Inverse of :func:`to_dict`; accepts only plan node kinds (no arbitrary objects)."""
+    if isinstance(data, dict):
+        kind = data.get("kind")
+        if kind == "tuple":
+            return tuple(from_dict(item) for item in data["items"])
+        if kind == "float":
+            return float(data["repr"])
+        cls = _KINDS.get(kind)
+        if cls is None:
+            raise ValueError(f"unknown plan node kind {kind!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: from_dict(v) for k, v in data.items() if k in names})
+    if isinstance(data, list):
+        return tuple(from_dict(item) for item in data)
+    return data
+
+
+_OP_WORDS = {"neg": "-", "not": "~", "abs": "abs"}
+
+
+def describe(node: Any) -> str:
+    """A short, human-readable rendering of a plan node (used in histories and release notes)."""
+    if isinstance(node, Col):
+        return node.name
+    if isinstance(node, Lit):
+        return repr(node.value)
+    if isinstance(node, BinOp):
+        return f"({describe(node.left)} {node.op} {describe(node.right)})"
+    if isinstance(node, UnOp):
+        word = _OP_WORDS.get(node.op, node.op)
+        return f"{word}({describe(node.operand)})" if word == "abs" else f"{word}{describe(node.operand)}"
+    if isinstance(node, IsIn):
+        return f"{describe(node.operand)}.isin({list(node.values)!r})"
+    if isinstance(node, Between):
+        return f"{describe(node.operand)}.between({node.low!r}, {node.high!r})"
+    if isinstance(node, IsNA):
+        return f"{describe(node.operand)}.isna()"
+    if isinstance(node, Clip):
+        return f"{describe(node.operand)}.clip({node.low!r}, {node.high!r})"
+    if isinstance(node, FillNA):
+        return f"{describe(node.operand)}.fillna({node.value!r})"
+    if isinstance(node, AsType):
+        return f"{describe(node.operand)}.astype({node.dtype!r})"
+    if isinstance(node, Count):
+        return "count(rows)" if node.expr is None else f"count({describe(node.expr)})"
+    if isinstance(node, Variance):
+        return f"{'std' if node.root else 'var'}({describe(node.expr)})"
+    if isinstance(node, Quantile):
+        return f"quantile({describe(node.expr)}, {node.q:g})"
+    if isinstance(node, (Sum, Mean)):
+        return f"{type(node).__name__.lower()}({describe(node.expr)})"
+    if isinstance(node, Query):
+        text = ", ".join(describe(m) for m in node.measures)
+        if node.where:
+            text += " where " + " & ".join(describe(w) for w in node.where)
+        if node.by:
+            text += " by " + ", ".join(k.label for k in node.by)
+        return text
+    return repr(node)

@@ -1,0 +1,393 @@
+"""The one place where a release is made.
+
+:func:`Session.release` resolves epsilon (call > cell > policy), checks bounds, tiers and scope, asks
+the engine for exact aggregates, charges the ledger (committed) and only then draws noise and returns.
+Everything that releases anything goes through it, so charge-before-release lives in one function.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import math
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import mechanisms
+from ._analysis import dtype_kind
+from .accountant import Accountant, Cost, check_delta, check_epsilon, epsilon_delta_to_rho
+from .context import current_scope
+from .engine.local import LocalEngine
+from .errors import BudgetExceededError, PolicyError, PrivacyError, close_match_hint
+from .ledger import BudgetRecord, SQLiteLedger
+from .measures import Outcome, compile_measure
+from .plan import Query, QuantileScores, columns_of, describe
+from .policy import Policy
+from .release import DPFloat, DPFrame, DPInt, DPSeries, ReleaseInfo
+
+__all__ = ["Session", "Dataset", "get_session", "current_user", "ledger_location"]
+
+LEDGER_ENV = "DPMAGIC_LEDGER"
+
+
+def current_user() -> str:
+    """The hub user when running under JupyterHub, else the operating-system user."""
+    return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+
+
+def ledger_location(configured: str | None = None) -> str:
+    """``$DPMAGIC_LEDGER``, else ``%config DPMagics.ledger``, else a file in the Jupyter data dir."""
+    value = os.environ.get(LEDGER_ENV) or configured
+    if value:
+        return value
+    from jupyter_core.paths import jupyter_data_dir
+
+    return str(Path(jupyter_data_dir()) / "dpmagic" / "ledger.sqlite")
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """A content hash of the protected data (column names, dtypes and every value, not the index)."""
+    digest = hashlib.sha256()
+    for name, dtype in frame.dtypes.items():
+        digest.update(f"{name}\x1f{dtype}\x1e".encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class Dataset:
+    """A protected table in this process: its data, policy, contribution bound and budget record."""
+
+    name: str
+    user: str
+    frame: pd.DataFrame
+    policy: Policy
+    unit: str | None
+    max_rows: int
+    record: BudgetRecord
+    engine: LocalEngine
+    schema: dict  # column -> kind ("numeric", "bool", "text", "datetime", "other")
+    empty_columns: frozenset = field(default_factory=frozenset)
+
+    def column(self, name: str):
+        resolved = self.policy.resolve(name, self.frame.dtypes[name])
+        if name == self.unit and resolved.tier != "identifier":
+            # The privacy unit names people: it is an identifier whatever the policy says.
+            from dataclasses import replace
+
+            resolved = replace(resolved, tier="identifier", tier_source="privacy unit")
+        return resolved
+
+
+@dataclass(frozen=True)
+class Released:
+    """The result of :meth:`Session.release` before it is shaped into a user-facing object."""
+
+    outcomes: list
+    info: ReleaseInfo
+
+
+class Session:
+    """Datasets protected in this process, the ledger they charge, and the release pipeline."""
+
+    def __init__(self):
+        self._lock = threading.RLock()
+        self._configured_ledger: str | None = None
+        self._accountant: Accountant | None = None
+        self._ledger_path: str | None = None
+        self.datasets: dict[str, Dataset] = {}
+
+    # -------------------------------------------------------------------------------- the ledger
+    def configure(self, *, ledger: str | None) -> None:
+        """Set the ledger location used when ``$DPMAGIC_LEDGER`` is not set (``%config DPMagics.ledger``)."""
+        with self._lock:
+            self._configured_ledger = ledger or None
+
+    @property
+    def accountant(self) -> Accountant:
+        with self._lock:
+            location = ledger_location(self._configured_ledger)
+            if self._accountant is None or location != self._ledger_path:
+                if location.startswith(("postgres://", "postgresql://")):
+                    raise PolicyError("a PostgreSQL ledger is not available in guardrail mode; set "
+                                      f"{LEDGER_ENV} to a file path for a SQLite ledger.")
+                if self._accountant is not None:
+                    self._accountant.ledger.close()
+                self._accountant = Accountant(SQLiteLedger(location))
+                self._ledger_path = location
+            return self._accountant
+
+    # ------------------------------------------------------------------------------------ protect
+    def protect(self, frame: pd.DataFrame, *, name: str, epsilon: float, delta: float = 0.0,
+                policy=None, privacy_unit: str | None = None, max_rows_per_unit: int = 1,
+                bounds: Mapping | None = None, categories: Mapping | None = None) -> Dataset:
+        if not isinstance(frame, pd.DataFrame):
+            kind = type(frame).__name__
+            hint = " It is already protected." if kind == "PrivateFrame" else ""
+            raise PolicyError(f"protect() takes a pandas DataFrame, not a {kind}.{hint}")
+        if not isinstance(name, str) or not name.strip():
+            raise PolicyError("protect() needs a dataset name: pass name='visits' (any non-empty text).")
+        name = name.strip()
+        bad = [c for c in frame.columns if not isinstance(c, str)]
+        if bad:
+            raise PolicyError(f"column names must be text; rename {bad[:3]!r} first, "
+                              "e.g. df.columns = df.columns.astype(str).")
+        if frame.columns.duplicated().any():
+            raise PolicyError("column names must be unique; rename the duplicated columns first.")
+        epsilon = check_epsilon(epsilon)
+        delta = check_delta(delta)
+        policy = _load_policy(policy)
+        for what, mapping in (("bounds", bounds), ("categories", categories)):
+            for column in (mapping or {}):
+                _require_column(column, frame.columns, where=f"{what}=")
+        policy = policy.with_columns(bounds=bounds, categories=categories)
+        if privacy_unit is not None:
+            _require_column(privacy_unit, frame.columns, where="privacy_unit=")
+            if frame[privacy_unit].isna().any():
+                raise PolicyError(f"some rows have no '{privacy_unit}', so their person cannot be bounded; "
+                                  "drop or fill those rows before protect().")
+        if isinstance(max_rows_per_unit, bool) or not isinstance(max_rows_per_unit, (int, np.integer)) \
+                or max_rows_per_unit < 1:
+            raise PolicyError(f"max_rows_per_unit must be a whole number >= 1 (got {max_rows_per_unit!r}).")
+        if max_rows_per_unit > 1 and privacy_unit is None:
+            raise PolicyError("max_rows_per_unit needs privacy_unit= (the column that names the person).")
+        # pandas copy-on-write makes this shallow copy immune to later edits of the caller's frame.
+        data = frame.copy(deep=False)
+        with self._lock:
+            record = self.accountant.open(name=name, user=current_user(), fingerprint=fingerprint(data),
+                                          epsilon=epsilon, delta=delta)
+            dataset = Dataset(
+                name=name, user=record.user, frame=data, policy=policy, unit=privacy_unit,
+                max_rows=int(max_rows_per_unit), record=record, engine=LocalEngine(data),
+                schema={c: dtype_kind(t) for c, t in data.dtypes.items()},
+                empty_columns=frozenset(c for c in data.columns if len(data) and data[c].isna().all()),
+            )
+            self.datasets[name] = dataset
+        return dataset
+
+    def dataset(self, name: str) -> Dataset:
+        try:
+            return self.datasets[name]
+        except KeyError:
+            raise PolicyError(f"no dataset named '{name}' is protected in this kernel."
+                              f"{close_match_hint(name, self.datasets)} Protect it with dp.protect(df, "
+                              f"name='{name}', epsilon=...) or %dp protect.") from None
+
+    # ------------------------------------------------------------------------------------ release
+    def release(self, dataset: Dataset, measures: Sequence, *, where: tuple = (), by: tuple = (),
+                epsilon=None, delta=None, shape: str = "scalar", labels: Sequence[str] = ()):
+        """Make one DP release of ``measures`` and return it shaped as ``shape``.
+
+        ``shape`` is ``"scalar"`` (one measure, no groups), ``"series"`` (one measure per group, or
+        one value per measure without groups) or ``"frame"`` (groups x measures).
+        """
+        scope = current_scope()
+        if scope is None:
+            raise PrivacyError("this would release a number; run it inside a %%dp cell (or a "
+                               "`with dp.spending():` block), where it is charged to the budget.")
+        query = Query(dataset.name, tuple(measures), tuple(where), tuple(by), dataset.unit, dataset.max_rows)
+        tier = self._check_columns(dataset, query)
+        purpose_name = scope_value(scope, "purpose") or dataset.policy.default_purpose
+        purpose = dataset.policy.purpose(purpose_name).name
+        if epsilon is None:
+            epsilon = scope_value(scope, "epsilon")
+        if epsilon is None:
+            epsilon = dataset.policy.default_epsilon(purpose=purpose, tiers=[tier])
+        epsilon = check_epsilon(epsilon)
+        if delta is None:
+            delta = scope_value(scope, "delta") or 0.0
+        delta = check_delta(delta)
+
+        record = dataset.record
+        measure_kind = mechanisms.PURE if record.mode == "pure" else mechanisms.ZCDP
+        if measure_kind == mechanisms.PURE:
+            if delta > 0:
+                raise PolicyError(f"dataset '{dataset.name}' has a pure epsilon budget (delta=0), so a "
+                                  "release cannot use delta. Drop delta=, or protect the data with a "
+                                  "delta (e.g. delta=1e-6) to use Gaussian noise.")
+            total_loss = epsilon
+        else:
+            # zCDP budgets: epsilon alone costs what an epsilon-DP release would (rho = eps^2 / 2);
+            # with delta, rho is the largest that still gives (epsilon, delta)-DP for this release.
+            total_loss = epsilon * epsilon / 2.0 if delta == 0 else epsilon_delta_to_rho(epsilon, delta)
+
+        compiled = [compile_measure(m) for m in query.measures]
+        vector = bool(query.by)
+        noises = []
+        for comp in compiled:
+            for prim, share in zip(comp.primitives, comp.shares):
+                loss = total_loss * share / len(compiled)
+                sensitivity = prim.sensitivity() * query.max_rows
+                if isinstance(prim, QuantileScores):
+                    noises.append(mechanisms.noisy_max(sensitivity=sensitivity, loss=loss, measure=measure_kind))
+                else:
+                    noises.append(mechanisms.additive(sensitivity=sensitivity, loss=loss,
+                                                      measure=measure_kind, vector=vector))
+        spent = sum(n.loss for n in noises)
+        cost = Cost(epsilon=spent, delta=0.0) if measure_kind == mechanisms.PURE else \
+            Cost(epsilon=epsilon, delta=delta, rho=spent)
+        accountant = self.accountant
+        units = accountant.units(record, cost)
+        key = (dataset.name, dataset.user)
+        for each in scope.chain():
+            if each.budget is not None:
+                cap = accountant.cap_units(record, each.budget)
+                if each.spent_units.get(key, 0) + units > cap:
+                    raise BudgetExceededError(
+                        f"this release would take the cell past its --budget of ε={each.budget:g} on "
+                        f"'{dataset.name}'. Ask for less (epsilon=...) or raise the cell's --budget.")
+
+        # Exact aggregates first: a query that fails here has charged nothing.
+        primitives = [p for comp in compiled for p in comp.primitives]
+        exact = dataset.engine.run(query, primitives)
+
+        mechanism_names = sorted({n.name for n in noises})
+        charge = accountant.charge(record, cost, query=describe(query), mechanism=" + ".join(mechanism_names),
+                                   tier=tier, purpose=purpose,
+                                   tier_share=dataset.policy.tier(tier).max_share)
+        for each in scope.chain():
+            each.spent_units[key] = each.spent_units.get(key, 0) + units
+
+        # The charge is committed: from here on nothing may fail silently or be retried.
+        noisy = [_add_noise(noise, prim, values, vector) for noise, prim, values in zip(noises, primitives, exact)]
+        outcomes, at = [], 0
+        for comp in compiled:
+            k = len(comp.primitives)
+            outcomes.append(comp.finish(noisy[at:at + k], noises[at:at + k]))
+            at += k
+        notes = _notes(dataset, query)
+        info = ReleaseInfo(
+            dataset=dataset.name, query=describe(query), mechanism=" + ".join(mechanism_names),
+            epsilon=cost.epsilon, delta=cost.delta, rho=cost.rho,
+            ci_low=None, ci_high=None, accuracy="", purpose=purpose, tier=tier, charge_id=charge.id,
+            notes=notes)
+        return _shape(outcomes, info, query.by, shape, labels)
+
+    def _check_columns(self, dataset: Dataset, query: Query) -> str:
+        """Refuse identifiers and empty columns; return the strictest tier the query touches."""
+        touched = columns_of(query.measures) | columns_of(query.where) | columns_of(query.by)
+        tiers = []
+        for name in sorted(touched):
+            resolved = dataset.column(name)
+            if resolved.tier == "identifier":
+                raise PolicyError(
+                    f"column '{name}' is an identifier ({resolved.tier_source}); identifiers are never "
+                    "released, filtered on or grouped by. If it is not an identifier, give it another tier: "
+                    f"policy=dp.Policy(columns={{'{name}': {{'tier': 'standard'}}}}).")
+            if name in dataset.empty_columns and name in columns_of(query.measures):
+                raise PolicyError(f"column '{name}' has no values (all were missing when the data was "
+                                  "protected), so there is nothing to release. Choose another column.")
+            tiers.append(resolved.tier)
+        return dataset.policy.strictest(tiers)
+
+
+def scope_value(scope, name):
+    for each in scope.chain():
+        value = getattr(each, name)
+        if value is not None:
+            return value
+    return None
+
+
+def _add_noise(noise, prim, values: list, vector: bool) -> list:
+    """Noisy values, one per group (for quantile scores: the selected candidate's index)."""
+    if isinstance(prim, QuantileScores) or not vector:
+        return [noise(values[0])]
+    return noise(values)
+
+
+def _notes(dataset: Dataset, query: Query) -> tuple:
+    notes = []
+    if query.unit is not None:
+        notes.append(f"at most {query.max_rows} row(s) per '{query.unit}' counted")
+    return tuple(notes)
+
+
+def _labels(by: tuple):
+    if len(by) == 1:
+        return pd.Index(list(by[0].categories), name=by[0].label)
+    return pd.MultiIndex.from_product([list(k.categories) for k in by], names=[k.label for k in by])
+
+
+def _shape(outcomes: list[Outcome], info: ReleaseInfo, by: tuple, shape: str, labels: Sequence[str]):
+    from dataclasses import replace
+
+    accuracy = "; ".join(dict.fromkeys(o.accuracy for o in outcomes))
+    integer = all(o.integer for o in outcomes)
+    if shape == "scalar":
+        out = outcomes[0]
+        info = replace(info, ci_low=_scalar(out.ci_low), ci_high=_scalar(out.ci_high), accuracy=accuracy)
+        value = float(out.values[0])
+        return DPInt(int(round(value)), info) if out.integer else DPFloat(value, info)
+    if by:
+        index = _labels(by)
+    else:
+        index = pd.Index(list(labels))
+    if shape == "series":
+        if by:
+            out = outcomes[0]
+            values, low, high = out.values, out.ci_low, out.ci_high
+            name = labels[0] if labels else None
+        else:
+            values = np.asarray([o.values[0] for o in outcomes])
+            low = None if any(o.ci_low is None for o in outcomes) else np.asarray([o.ci_low[0] for o in outcomes])
+            high = None if low is None else np.asarray([o.ci_high[0] for o in outcomes])
+            name = None
+        dtype = "int64" if integer else "float64"
+        series_values = np.rint(values).astype(dtype) if integer else values.astype(dtype)
+        ci_low = None if low is None else pd.Series(low, index=index, name=name)
+        ci_high = None if high is None else pd.Series(high, index=index, name=name)
+        result = DPSeries(series_values, index=index, name=name)
+        result._dp = replace(info, ci_low=ci_low, ci_high=ci_high, accuracy=accuracy)
+        return result
+    columns = list(labels)
+    data = {c: (np.rint(o.values).astype("int64") if o.integer else o.values) for c, o in zip(columns, outcomes)}
+    result = DPFrame(data, index=index, columns=columns)
+    if all(o.ci_low is not None for o in outcomes):
+        low = pd.DataFrame({c: o.ci_low for c, o in zip(columns, outcomes)}, index=index)
+        high = pd.DataFrame({c: o.ci_high for c, o in zip(columns, outcomes)}, index=index)
+    else:
+        low = high = None
+    result._dp = replace(info, ci_low=low, ci_high=high, accuracy=accuracy)
+    return result
+
+
+def _scalar(value):
+    return None if value is None else float(value[0])
+
+
+def _require_column(name, columns, *, where: str) -> None:
+    if name not in columns:
+        raise PolicyError(f"{where} names column '{name}', which the data does not have."
+                          f"{close_match_hint(name, columns)} Columns: {', '.join(map(str, columns))}.")
+
+
+def _load_policy(policy) -> Policy:
+    if policy is None:
+        return Policy.builtin()
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, (str, os.PathLike)):
+        return Policy.from_toml(policy)
+    if isinstance(policy, Mapping):
+        return Policy.from_dict(policy)
+    raise PolicyError(f"policy= takes a dp.Policy, a path to a TOML file or a dict, not {type(policy).__name__}.")
+
+
+_session: Session | None = None
+_session_lock = threading.Lock()
+
+
+def get_session() -> Session:
+    """The process-wide session (one ledger connection, the datasets protected in this kernel)."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = Session()
+        return _session
