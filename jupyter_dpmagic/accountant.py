@@ -12,11 +12,12 @@ A budget is either
 Both compositions hold when each query, including its epsilon, is chosen after seeing the answers
 to the earlier ones. The accountant is therefore a *privacy filter*: it refuses any release that
 would take the running total past the cap, and so the whole interaction, however adaptive, keeps
-the budget's guarantee (Rogers, Roth, Ullman & Vadhan 2016 for pure epsilon; Whitehouse, Ramdas,
-Rogers & Wu 2023 for zCDP filters).
+the budget's guarantee (Rogers, Roth, Ullman & Vadhan 2016 for pure epsilon; Feldman & Zrnic 2021
+and Whitehouse, Ramdas, Rogers & Wu 2023 for zCDP).
 
 All conversions err on the safe side: a charge is rounded up and a cap down to whole units of
-``1e-12``, and the zCDP conversions are upper bounds on epsilon and delta (lower bounds on rho).
+``1e-12`` (of the decimal value a float prints as, see ``_decimal``), and the zCDP conversions are
+upper bounds on epsilon and delta, lower bounds on rho.
 """
 
 from __future__ import annotations
@@ -59,9 +60,12 @@ _RHO_MARGIN = 1e-9
 
 
 def _decimal(x: float) -> Fraction:
-    # A float is read as the shortest decimal that prints as it (0.1 is exactly 1/10), i.e. what the
-    # user typed. Its binary value differs by at most half an ulp (a relative 1.1e-16), far below
-    # one unit; reading 0.1 as binary would instead make ten charges of 0.1 exceed a cap of 1.0.
+    # A float is read as the shortest decimal that prints as it (0.1 is exactly 1/10), which is what
+    # the user typed. Read in binary, 0.1 is slightly more than 1/10 and 0.7 slightly less than 7/10,
+    # so ten charges of 0.1 would not fit in a budget of 1.0, nor ten of 0.07 in 0.7. The two
+    # readings differ by at most half an ulp (a relative 1.1e-16), so the binary values of all
+    # charges can exceed the binary value of a cap by at most a relative 2.3e-16; the noise scale a
+    # mechanism derives from epsilon in floating point carries rounding of the same size anyway.
     return Fraction(repr(x))
 
 
@@ -89,7 +93,8 @@ def units_ceil(x: float) -> int:
     Returns
     -------
     int
-        ``ceil(x * UNITS_PER_ONE)``, computed exactly.
+        ``ceil(x * UNITS_PER_ONE)``, computed exactly with ``x`` read as the decimal it prints as
+        (``0.1`` is exactly ``1/10``).
 
     Raises
     ------
@@ -110,16 +115,15 @@ def units_floor(x: float) -> int:
     Returns
     -------
     int
-        ``floor(x * UNITS_PER_ONE)``, computed exactly; 0 for caps below one unit.
+        ``floor(x * UNITS_PER_ONE)``, computed exactly with ``x`` read as the decimal it prints as;
+        0 for caps below one unit.
 
     Raises
     ------
     PolicyError
         For NaN, infinity, zero, negative values and booleans.
     """
-    x = _positive_finite(x, "a cap")
-    # Of the decimal and the binary reading, take the smaller: a cap may only ever shrink.
-    return math.floor(min(_decimal(x), Fraction(x)) * UNITS_PER_ONE)
+    return math.floor(_decimal(_positive_finite(x, "a cap")) * UNITS_PER_ONE)
 
 
 # -- zCDP conversions ------------------------------------------------------------------------------
@@ -439,7 +443,8 @@ class BudgetStatus:
 
     def _title(self) -> str:
         kind = "pure epsilon" if self.mode == "pure" else "zCDP"
-        return f"Privacy budget {self.name!r} of {self.user!r} ({kind}), {self.releases} releases"
+        releases = f"{self.releases} release" + ("" if self.releases == 1 else "s")
+        return f"Privacy budget {self.name!r} of {self.user!r} ({kind}), {releases}"
 
     def __str__(self) -> str:
         header = ("", "spent", "total", "remaining")
@@ -578,6 +583,7 @@ class Accountant:
         tier: str,
         purpose: str,
         tier_share: float | None = None,
+        units: int | None = None,
     ) -> ChargeRecord:
         """Charge ``cost`` to the budget of ``record``, durably, before anything is released.
 
@@ -590,7 +596,11 @@ class Accountant:
         query, mechanism, tier, purpose : str
             Recorded with the charge.
         tier_share : float, optional
-            The policy's largest share of the budget for ``tier``, in (0, 1].
+            The policy's largest share of the budget for ``tier``, from 0 to 1. The tier may spend
+            ``floor(tier_share * record.cap_units)`` units in all.
+        units : int, optional
+            The exact units to charge, when the caller calibrated its noise to at most that many
+            (the release pipeline does); by default :meth:`units` of ``cost``.
 
         Returns
         -------
@@ -603,15 +613,18 @@ class Accountant:
         PolicyError
             If the cost does not fit the budget's kind or ``tier_share`` is invalid.
         """
-        units = self.units(record, cost)
+        needed = self.units(record, cost)  # also refuses a cost this kind of budget cannot pay
+        if units is None:
+            units = needed
         tier_cap_units = None
         if tier_share is not None:
-            share = check_epsilon(tier_share, what="tier_share")
-            if share > 1:
+            ok = isinstance(tier_share, numbers.Real) and not isinstance(tier_share, bool)
+            if not (ok and 0 <= tier_share <= 1):
                 raise PolicyError(
-                    f"tier_share must be at most 1 (got {share!r}); it is a fraction of the budget"
+                    f"tier_share must be a number from 0 to 1 (got {_shown(tier_share)}); it is the "
+                    "largest fraction of the budget the policy lets this tier spend"
                 )
-            tier_cap_units = math.floor(min(_decimal(share), Fraction(share)) * record.cap_units)
+            tier_cap_units = math.floor(_decimal(float(tier_share)) * record.cap_units)
         if record.mode == "pure":
             rho = None
         else:
@@ -638,25 +651,34 @@ class Accountant:
     def _in_epsilon(
         self, record: BudgetRecord, cost: Cost, error: BudgetExceededError
     ) -> BudgetExceededError:
-        # The ledger counts zCDP budgets in rho; people think in epsilon.
+        # The ledger counts zCDP budgets in rho; people think in epsilon. Remaining epsilon alone
+        # would confuse ("0.5 refused although epsilon 2 remains": under zCDP one release of
+        # epsilon 0.5 costs more than a quarter of a budget of 2), so say what still fits.
         current = self.ledger.budget(name=record.name, user=record.user)
-        rho = error.needed_units / UNITS_PER_ONE
-        needs = f"this release needs epsilon {_num(cost.epsilon)} (zCDP rho {_num(rho)})"
-        advice = "nothing was charged. Ask for less with epsilon=..., or run %dp budget to see what is left."
+        needed, left = error.needed_units / UNITS_PER_ONE, error.remaining_units / UNITS_PER_ONE
+        if cost.delta == 0:
+            # A release without delta costs rho = epsilon**2 / 2.
+            fits = math.sqrt(2.0 * left)
+        else:
+            fits = rho_to_epsilon(left, cost.delta) if left > 0 else 0.0
+        needs = f"this release needs zCDP rho {_num(needed)} (epsilon {_num(cost.epsilon)})"
+        advice = (
+            f"nothing was charged. Ask for less with epsilon=... (at most about epsilon={_num(fits)} "
+            "fits now), or run %dp budget to see what is left."
+        )
         tier = getattr(error, "tier", None)
         if tier is None:
-            left = max(0.0, current.epsilon_total - self.epsilon_of_units(current, current.spent_units))
+            spent = self.epsilon_of_units(current, current.spent_units)
+            epsilon_left = max(0.0, current.epsilon_total - spent)
             message = (
-                f"{needs} but only about epsilon {_num(left)} remains of the budget for {record.name!r}; "
-                f"{advice}"
+                f"{needs} but only rho {_num(left)} remains of the budget for {record.name!r} "
+                f"(about epsilon {_num(epsilon_left)} of epsilon {_num(current.epsilon_total)} at "
+                f"delta {_num(current.delta_total)}); {advice}"
             )
         else:
-            spent = self.ledger.tier_spent_units(name=record.name, user=record.user).get(tier, 0)
-            cap = spent + error.remaining_units
             message = (
-                f"the policy caps the share of tier {tier!r} in the budget for {record.name!r} at about "
-                f"epsilon {_num(self.epsilon_of_units(current, cap))}, of which epsilon "
-                f"{_num(self.epsilon_of_units(current, spent))} is spent; {needs}, so {advice}"
+                f"the policy caps the share of tier {tier!r} in the budget for {record.name!r}; "
+                f"{needs} but only rho {_num(left)} of the tier's share remains, so {advice}"
             )
         new = BudgetExceededError(message)
         new.needed_units, new.remaining_units, new.tier = error.needed_units, error.remaining_units, tier

@@ -119,9 +119,9 @@ class _Private:
     __slots__ = ("_ds", "_where")
     __hash__ = None  # like pandas objects: == builds a condition, so these are not hashable
 
-    def _release(self, measures, *, by=(), epsilon=None, delta=None, shape="scalar", labels=()):
+    def _release(self, measures, *, by=(), epsilon=None, delta=None, shape="scalar", labels=(), notes=()):
         return get_session().release(self._ds, measures, where=self._where, by=by, epsilon=epsilon,
-                                     delta=delta, shape=shape, labels=labels)
+                                     delta=delta, shape=shape, labels=labels, notes=notes)
 
     def _merge_where(self, other: "_Private") -> tuple:
         if other._ds is not self._ds:
@@ -131,6 +131,9 @@ class _Private:
 
     def _kind(self, expr) -> str:
         return kind_of(expr, self._ds.schema)
+
+    def _touches_identifier(self, expr) -> bool:
+        return any(self._ds.column(c).tier == "identifier" for c in P.columns_of(expr))
 
     def _numeric_measure(self, cls, expr, label, bounds, **extra):
         kind = self._kind(expr)
@@ -274,8 +277,14 @@ class PrivateFrame(_Private):
         return out
 
     def dropna(self, *, subset=None, how: str = "any") -> "PrivateFrame":
-        """Drop rows with missing values in ``subset`` (all columns by default); a row-wise filter."""
-        names = list(self._cols) if subset is None else ([subset] if isinstance(subset, str) else list(subset))
+        """Drop rows with missing values in ``subset``; a row-wise filter.
+
+        Without ``subset`` every column counts except identifiers, which are never filtered on.
+        """
+        if subset is None:
+            names = [n for n, e in self._cols.items() if not self._touches_identifier(e)]
+        else:
+            names = [subset] if isinstance(subset, str) else list(subset)
         present = [P.UnOp("not", P.IsNA(self._expr(n))) for n in names]
         if how == "any":
             where = tuple(present)
@@ -350,14 +359,15 @@ class PrivateFrame(_Private):
     def _per_column(self, make, *, numeric: bool, epsilon, delta):
         names, skipped = [], []
         for name, expr in self._cols.items():
-            if any(self._ds.column(c).tier == "identifier" for c in P.columns_of(expr)):
+            if self._touches_identifier(expr):
                 skipped.append(name)
             elif not numeric or self._kind(expr) in (NUMERIC, BOOL):
                 names.append(name)
         if not names:
             raise PolicyError("no column to aggregate; select numeric columns first, e.g. df[['age', 'bmi']].")
         measures = [make(self._series(n)) for n in names]
-        return self._release(measures, epsilon=epsilon, delta=delta, shape="series", labels=names)
+        notes = (f"identifier columns left out: {', '.join(skipped)}",) if skipped else ()
+        return self._release(measures, epsilon=epsilon, delta=delta, shape="series", labels=names, notes=notes)
 
     def count(self, *, epsilon=None, delta=None):
         """DP count of non-missing values in each column (identifier columns are left out)."""
@@ -772,7 +782,7 @@ class PrivateGroupBy(_Private):
         keys = {k.label for k in self._keys}
         names = []
         for name, expr in self._frame._cols.items():
-            if name in keys or any(self._ds.column(c).tier == "identifier" for c in P.columns_of(expr)):
+            if name in keys or self._touches_identifier(expr):
                 continue
             if not numeric or self._kind(expr) in (NUMERIC, BOOL):
                 names.append(name)

@@ -13,7 +13,8 @@ Guarantees
   ``UPDATE ... WHERE spent_units + ? <= cap_units``, the tier check and the insert of the charge row
   either all happen or none does. Processes racing on one budget therefore never exceed it, and a
   refused charge leaves no trace.
-* Integer arithmetic: no sum of charges can exceed the cap through rounding.
+* Integer arithmetic: no sum of charges can exceed the cap through rounding. The schema also
+  refuses ``spent_units > cap_units`` outright, as a second line of defence.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ CREATE TABLE IF NOT EXISTS charges (
     purpose   TEXT    NOT NULL,
     FOREIGN KEY (name, user) REFERENCES budgets (name, user)
 );
-CREATE INDEX IF NOT EXISTS charges_by_budget ON charges (name, user, tier);
+-- Covers the per-tier SUM(units) done inside every tier-capped charge.
+CREATE INDEX IF NOT EXISTS charges_by_tier ON charges (name, user, tier, units);
 """
 
 
@@ -410,7 +412,6 @@ class SQLiteLedger:
 
         with self._transaction() as conn:
             row = conn.execute(_SELECT_BUDGET + " WHERE name = ? AND user = ?", (name, user)).fetchone()
-            row = conn.execute(_SELECT_BUDGET + " WHERE name = ? AND user = ?", (name, user)).fetchone()
             if row is None:
                 raise _unknown_budget(conn, name, user)
             record = _budget(row)
@@ -430,15 +431,15 @@ class SQLiteLedger:
             ).rowcount == 1
             if not debited:
                 raise _budget_exceeded(record, units)
-            time = _now()
+            when = _now()
             charge_id = conn.execute(
                 "INSERT INTO charges (time, name, user, query, mechanism, epsilon, delta, rho, units, tier,"
                 " purpose) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (time, name, user, query, mechanism, epsilon, delta, rho, units, tier, purpose),
+                (when, name, user, query, mechanism, epsilon, delta, rho, units, tier, purpose),
             ).lastrowid
         return ChargeRecord(
             id=charge_id,
-            time=time,
+            time=when,
             name=name,
             user=user,
             query=query,

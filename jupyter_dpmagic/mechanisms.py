@@ -4,17 +4,20 @@ Every primitive an engine computes is an integer (or a vector of integers, one p
 integer sensitivity, so all noise here is OpenDP's exact discrete Laplace or discrete Gaussian, and
 selection is OpenDP's noisy max. No noise is ever drawn from ``random`` or numpy, and no seed exists.
 
-Each :class:`Noise` knows its privacy map: the loss charged is what OpenDP's own map reports for the
-measurement actually used (which may round up, never down).
+Each :class:`Noise` knows its privacy map. Losses are asked for as exact fractions (whole ledger
+units) and every measurement is calibrated until OpenDP's own map, which rounds up, reports at most
+that fraction: the ledger then charges the exact fraction, never less than the true loss.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 
 import opendp.prelude as dp
+from scipy.stats import norm
 
 dp.enable_features("contrib")
 
@@ -22,6 +25,7 @@ __all__ = ["Noise", "laplace", "gaussian", "noisy_max", "additive", "PURE", "ZCD
 
 PURE, ZCDP = "pure", "zcdp"
 _I64_LIMIT = 2**62  # keep values + noise well inside i64
+_EXACT_GAUSSIAN_ACCURACY_UP_TO = 1e4
 
 
 @lru_cache(maxsize=None)
@@ -61,6 +65,11 @@ class Noise:
     def half_width(self, alpha: float) -> float:
         """``a`` such that the noise exceeds ``a`` in absolute value with probability at most ``alpha``."""
         if self.name == "discrete Gaussian":
+            if self.scale > _EXACT_GAUSSIAN_ACCURACY_UP_TO:
+                # OpenDP sums the pmf, in time linear in the scale. At these scales the discrete
+                # Gaussian's tails equal the continuous one's to far below float precision; one extra
+                # step keeps the rounded bound on the safe side.
+                return math.ceil(self.scale * float(norm.isf(alpha / 2))) + 1.0
             return float(dp.discrete_gaussian_scale_to_accuracy(self.scale, alpha))
         return float(dp.discrete_laplacian_scale_to_accuracy(self.scale, alpha))
 
@@ -70,35 +79,55 @@ def _check_range(value) -> None:
         raise OverflowError("an aggregate is too large for exact integer noise; narrow the bounds")
 
 
-def laplace(*, sensitivity: int, epsilon: float, vector: bool) -> Noise:
-    """Discrete Laplace noise calibrated so that ``sensitivity`` (L1) costs ``epsilon``."""
-    scale = sensitivity / epsilon
-    meas = dp.m.make_laplace(*_spaces(vector, "l1"), scale=scale)
+def _calibrated(build, sensitivity: int, target: Fraction, scale: float):
+    """The measurement ``build(scale)`` with the smallest scale found whose loss is at most ``target``.
+
+    OpenDP's map rounds up, so the loss of ``sensitivity / target`` can come out a hair above the
+    target; nudging the scale up until it does not lets the ledger charge exactly ``target``.
+    """
+    step = 1
+    for _ in range(200):
+        meas = build(scale)
+        if Fraction(meas.map(sensitivity)) <= target:
+            return meas, scale
+        scale = scale * (1.0 + step * 2.0**-52)
+        step *= 2
+    raise ArithmeticError(f"could not calibrate noise for a loss of {float(target)!r}")
+
+
+def laplace(*, sensitivity: int, epsilon: Fraction, vector: bool) -> Noise:
+    """Discrete Laplace noise with (L1) ``sensitivity`` whose epsilon is at most ``epsilon``."""
+    spaces = _spaces(vector, "l1")
+    meas, scale = _calibrated(lambda s: dp.m.make_laplace(*spaces, scale=s), sensitivity, Fraction(epsilon),
+                              sensitivity / float(epsilon))
     return Noise("discrete Laplace", PURE, sensitivity, scale, float(meas.map(sensitivity)), meas)
 
 
-def gaussian(*, sensitivity: int, rho: float, vector: bool) -> Noise:
-    """Discrete Gaussian noise calibrated so that ``sensitivity`` (L2) costs ``rho`` (zCDP)."""
-    scale = sensitivity / math.sqrt(2.0 * rho)
-    meas = dp.m.make_gaussian(*_spaces(vector, "l2"), scale=scale)
+def gaussian(*, sensitivity: int, rho: Fraction, vector: bool) -> Noise:
+    """Discrete Gaussian noise with (L2) ``sensitivity`` whose zCDP rho is at most ``rho``."""
+    spaces = _spaces(vector, "l2")
+    meas, scale = _calibrated(lambda s: dp.m.make_gaussian(*spaces, scale=s), sensitivity, Fraction(rho),
+                              sensitivity / math.sqrt(2.0 * float(rho)))
     return Noise("discrete Gaussian", ZCDP, sensitivity, scale, float(meas.map(sensitivity)), meas)
 
 
-def noisy_max(*, sensitivity: int, loss: float, measure: str) -> Noise:
+def noisy_max(*, sensitivity: int, loss: Fraction, measure: str) -> Noise:
     """Report-noisy-max (the exponential mechanism) over integer scores with L-inf ``sensitivity``.
 
     Scores are not monotone (one more row can raise some and lower others), hence the factor 2 under
     pure DP; under zCDP OpenDP maps the same mechanism to (2 * sensitivity / scale)^2 / 8.
     """
+    spaces = _spaces(True, "linf")
     if measure == PURE:
-        scale, out = 2.0 * sensitivity / loss, dp.max_divergence()
+        scale, out = 2.0 * sensitivity / float(loss), dp.max_divergence()
     else:
-        scale, out = sensitivity / math.sqrt(2.0 * loss), dp.zero_concentrated_divergence()
-    meas = dp.m.make_noisy_max(*_spaces(True, "linf"), out, scale=scale)
+        scale, out = sensitivity / math.sqrt(2.0 * float(loss)), dp.zero_concentrated_divergence()
+    meas, scale = _calibrated(lambda s: dp.m.make_noisy_max(*spaces, out, scale=s), sensitivity, Fraction(loss),
+                              scale)
     return Noise("exponential mechanism", measure, sensitivity, scale, float(meas.map(sensitivity)), meas)
 
 
-def additive(*, sensitivity: int, loss: float, measure: str, vector: bool) -> Noise:
+def additive(*, sensitivity: int, loss: Fraction, measure: str, vector: bool) -> Noise:
     """Laplace under a pure budget, Gaussian under a zCDP budget."""
     if measure == PURE:
         return laplace(sensitivity=sensitivity, epsilon=loss, vector=vector)

@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import threading
+from fractions import Fraction
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from .accountant import Accountant, Cost, check_delta, check_epsilon, epsilon_de
 from .context import current_scope
 from .engine.local import LocalEngine
 from .errors import BudgetExceededError, PolicyError, PrivacyError, close_match_hint
-from .ledger import BudgetRecord, SQLiteLedger
+from .ledger import UNITS_PER_ONE, BudgetRecord, SQLiteLedger
 from .measures import Outcome, compile_measure
 from .plan import Query, QuantileScores, columns_of, describe
 from .policy import Policy
@@ -181,7 +182,7 @@ class Session:
 
     # ------------------------------------------------------------------------------------ release
     def release(self, dataset: Dataset, measures: Sequence, *, where: tuple = (), by: tuple = (),
-                epsilon=None, delta=None, shape: str = "scalar", labels: Sequence[str] = ()):
+                epsilon=None, delta=None, shape: str = "scalar", labels: Sequence[str] = (), notes=()):
         """Make one DP release of ``measures`` and return it shaped as ``shape``.
 
         ``shape`` is ``"scalar"`` (one measure, no groups), ``"series"`` (one measure per group, or
@@ -212,28 +213,33 @@ class Session:
                                   "release cannot use delta. Drop delta=, or protect the data with a "
                                   "delta (e.g. delta=1e-6) to use Gaussian noise.")
             total_loss = epsilon
+        elif delta == 0:
+            # zCDP budgets: a release's epsilon is its share of the budget, so that releases whose
+            # epsilons add up to the total use exactly all of its rho (k releases of total/k each get
+            # rho_cap/k: the tight composition that makes Gaussian noise worth a delta).
+            total_loss = record.cap_units / UNITS_PER_ONE * epsilon / record.epsilon_total
         else:
-            # zCDP budgets: epsilon alone costs what an epsilon-DP release would (rho = eps^2 / 2);
-            # with delta, rho is the largest that still gives (epsilon, delta)-DP for this release.
-            total_loss = epsilon * epsilon / 2.0 if delta == 0 else epsilon_delta_to_rho(epsilon, delta)
+            # With its own delta, a release gets the largest rho that keeps it (epsilon, delta)-DP.
+            total_loss = epsilon_delta_to_rho(epsilon, delta)
 
         compiled = [compile_measure(m) for m in query.measures]
+        primitives = [p for comp in compiled for p in comp.primitives]
+        weights = [share / len(compiled) for comp in compiled for share in comp.shares]
+        units = _whole_units(total_loss)
         vector = bool(query.by)
         noises = []
-        for comp in compiled:
-            for prim, share in zip(comp.primitives, comp.shares):
-                loss = total_loss * share / len(compiled)
-                sensitivity = prim.sensitivity() * query.max_rows
-                if isinstance(prim, QuantileScores):
-                    noises.append(mechanisms.noisy_max(sensitivity=sensitivity, loss=loss, measure=measure_kind))
-                else:
-                    noises.append(mechanisms.additive(sensitivity=sensitivity, loss=loss,
-                                                      measure=measure_kind, vector=vector))
-        spent = sum(n.loss for n in noises)
-        cost = Cost(epsilon=spent, delta=0.0) if measure_kind == mechanisms.PURE else \
-            Cost(epsilon=epsilon, delta=delta, rho=spent)
+        for prim, part in zip(primitives, _split_units(units, weights)):
+            loss = Fraction(part, UNITS_PER_ONE)
+            sensitivity = prim.sensitivity() * query.max_rows
+            if isinstance(prim, QuantileScores):
+                noises.append(mechanisms.noisy_max(sensitivity=sensitivity, loss=loss, measure=measure_kind))
+            else:
+                noises.append(mechanisms.additive(sensitivity=sensitivity, loss=loss, measure=measure_kind,
+                                                  vector=vector))
+        charged = units / UNITS_PER_ONE
+        cost = Cost(epsilon=charged, delta=0.0) if measure_kind == mechanisms.PURE else \
+            Cost(epsilon=epsilon, delta=delta, rho=charged)
         accountant = self.accountant
-        units = accountant.units(record, cost)
         key = (dataset.name, dataset.user)
         for each in scope.chain():
             if each.budget is not None:
@@ -244,12 +250,11 @@ class Session:
                         f"'{dataset.name}'. Ask for less (epsilon=...) or raise the cell's --budget.")
 
         # Exact aggregates first: a query that fails here has charged nothing.
-        primitives = [p for comp in compiled for p in comp.primitives]
         exact = dataset.engine.run(query, primitives)
 
         mechanism_names = sorted({n.name for n in noises})
         charge = accountant.charge(record, cost, query=describe(query), mechanism=" + ".join(mechanism_names),
-                                   tier=tier, purpose=purpose,
+                                   tier=tier, purpose=purpose, units=units,
                                    tier_share=dataset.policy.tier(tier).max_share)
         for each in scope.chain():
             each.spent_units[key] = each.spent_units.get(key, 0) + units
@@ -261,7 +266,7 @@ class Session:
             k = len(comp.primitives)
             outcomes.append(comp.finish(noisy[at:at + k], noises[at:at + k]))
             at += k
-        notes = _notes(dataset, query)
+        notes = _notes(query) + tuple(notes)
         info = ReleaseInfo(
             dataset=dataset.name, query=describe(query), mechanism=" + ".join(mechanism_names),
             epsilon=cost.epsilon, delta=cost.delta, rho=cost.rho,
@@ -287,6 +292,27 @@ class Session:
         return dataset.policy.strictest(tiers)
 
 
+def _whole_units(loss: float) -> int:
+    """The release's loss in whole ledger units (the decimal the user wrote, to the nearest unit).
+
+    Noise is then calibrated to at most exactly this many units, so charging them is never less
+    than the true loss, and ten releases of 0.1 fill a budget of 1.0 exactly.
+    """
+    units = round(Fraction(repr(float(loss))) * UNITS_PER_ONE)
+    if units < 1:
+        raise PolicyError(f"epsilon {loss!r} is below the ledger's resolution of 1e-12; ask for more.")
+    return units
+
+
+def _split_units(units: int, weights: list[float]) -> list[int]:
+    """Whole units per primitive, in proportion to ``weights``, adding up to exactly ``units``."""
+    parts = [math.floor(units * w) for w in weights]
+    parts[max(range(len(weights)), key=weights.__getitem__)] += units - sum(parts)
+    if min(parts) < 1:
+        raise PolicyError("epsilon is too small to split among the parts of this release; ask for more.")
+    return parts
+
+
 def scope_value(scope, name):
     for each in scope.chain():
         value = getattr(each, name)
@@ -302,7 +328,7 @@ def _add_noise(noise, prim, values: list, vector: bool) -> list:
     return noise(values)
 
 
-def _notes(dataset: Dataset, query: Query) -> tuple:
+def _notes(query: Query) -> tuple:
     notes = []
     if query.unit is not None:
         notes.append(f"at most {query.max_rows} row(s) per '{query.unit}' counted")

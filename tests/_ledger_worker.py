@@ -13,9 +13,18 @@ import signal
 import sqlite3
 import sys
 import time
+import types
+from pathlib import Path
 
-from jupyter_dpmagic.errors import BudgetExceededError, PolicyError
-from jupyter_dpmagic.ledger import UNITS_PER_ONE, SQLiteLedger
+if __name__ == "__main__":
+    # As a script, load only the ledger and the errors module, not the package's __init__ with
+    # pandas and scipy behind it: each process then starts in milliseconds.
+    _package = types.ModuleType("jupyter_dpmagic")
+    _package.__path__ = [str(Path(__file__).resolve().parents[1] / "jupyter_dpmagic")]
+    sys.modules.setdefault("jupyter_dpmagic", _package)
+
+from jupyter_dpmagic.errors import BudgetExceededError, PolicyError  # noqa: E402
+from jupyter_dpmagic.ledger import UNITS_PER_ONE, SQLiteLedger  # noqa: E402
 
 TENTH = UNITS_PER_ONE // 10
 

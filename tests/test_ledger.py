@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -73,7 +74,8 @@ def test_file_is_durable_wal_with_full_sync(tmp_path):
 def test_open_budget_creates_once_and_never_resets(ledger):
     record = worker.open_budget(ledger)
     assert isinstance(record, BudgetRecord)
-    assert (record.mode, record.cap_units, record.spent_units, record.releases) == ("pure", UNITS_PER_ONE, 0, 0)
+    assert (record.mode, record.cap_units, record.spent_units) == ("pure", UNITS_PER_ONE, 0)
+    assert record.releases == 0
     assert record.created.endswith("+00:00")
     _charge(ledger)
     again = worker.open_budget(ledger)
@@ -307,10 +309,11 @@ def test_budget_survives_restart(tmp_path):
     assert (final["spent_units"], final["releases"], final["created"]) == (5 * TENTH, 5, opened["created"])
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_charge_is_on_disk_when_it_returns(tmp_path):
     path = tmp_path / "ledger.db"
     done = _run_worker("charge-then-die", path)
-    assert done.returncode == -9  # killed without any cleanup
+    assert done.returncode == -signal.SIGKILL  # killed without any cleanup
     charge_id = json.loads(done.stdout.splitlines()[1])["charge_id"]
     with SQLiteLedger(path) as ledger:
         assert [c.id for c in ledger.history(name="visits", user="alice")] == [charge_id]
