@@ -186,3 +186,55 @@ def _arith(op: str, a: Interval, b: Interval) -> Interval | None:
         q = _hull(a[0] / b[0], a[0] / b[1], a[1] / b[0], a[1] / b[1])
         return (math.floor(q[0]), math.floor(q[1]))
     return None
+
+
+def contradiction(predicates) -> str | None:
+    """A reason why the AND of ``predicates`` can hold for no row at all, judged from literals only.
+
+    Only comparisons of a column with constants are considered (``age > 70``, ``age.between(..)``,
+    ``age == 3``); anything else is assumed satisfiable. Data-independent, so refusing is safe.
+    """
+    from .plan import Between as _Between
+
+    ranges: dict[str, list] = {}
+
+    def narrow(name, low, low_open, high, high_open):
+        lo, lo_open, hi, hi_open = ranges.get(name, [-math.inf, False, math.inf, False])
+        if low > lo or (low == lo and low_open):
+            lo, lo_open = low, low_open
+        if high < hi or (high == hi and high_open):
+            hi, hi_open = high, high_open
+        ranges[name] = [lo, lo_open, hi, hi_open]
+
+    def visit(p):
+        if isinstance(p, BinOp) and p.op == "&":
+            visit(p.left), visit(p.right)
+            return
+        if isinstance(p, _Between) and isinstance(p.operand, Col) and _is_number(p.low) and _is_number(p.high):
+            narrow(p.operand.name, float(p.low), p.inclusive in ("neither", "right"), float(p.high),
+                   p.inclusive in ("neither", "left"))
+            return
+        if isinstance(p, BinOp) and p.op in ("<", "<=", ">", ">=", "=="):
+            col, lit, op = p.left, p.right, p.op
+            if isinstance(col, Lit) and isinstance(lit, Col):
+                col, lit, op = lit, col, {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "=="}[op]
+            if not (isinstance(col, Col) and isinstance(lit, Lit) and _is_number(lit.value)):
+                return
+            v = float(lit.value)
+            if op in (">", ">="):
+                narrow(col.name, v, op == ">", math.inf, False)
+            elif op in ("<", "<="):
+                narrow(col.name, -math.inf, False, v, op == "<")
+            else:
+                narrow(col.name, v, False, v, False)
+
+    for predicate in predicates:
+        visit(predicate)
+    for name, (lo, lo_open, hi, hi_open) in ranges.items():
+        if lo > hi or (lo == hi and (lo_open or hi_open)):
+            return f"the conditions on '{name}' exclude each other, so no row can match"
+    return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))

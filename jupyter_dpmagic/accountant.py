@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
-from scipy.optimize import minimize_scalar
 
 from .errors import BudgetExceededError, PolicyError
 from .ledger import UNITS_PER_ONE, BudgetRecord, ChargeRecord, SQLiteLedger
@@ -169,6 +168,8 @@ def _minimise(f: Callable[[float], float], centre: float) -> float:
     grid = [centre + step * i for i in range(-int(half_width / step), int(half_width / step) + 1)]
     values = [safe(s) for s in grid]
     best = min(range(len(grid)), key=values.__getitem__)
+    from scipy.optimize import minimize_scalar  # only zCDP budgets need it; it costs 0.6 s to import
+
     found = minimize_scalar(
         safe,
         bounds=(grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]),

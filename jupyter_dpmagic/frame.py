@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 
 from . import plan as P
-from ._analysis import BOOL, NUMERIC, bounds_of, kind_of
+from ._analysis import BOOL, NUMERIC, bounds_of, contradiction, kind_of
 from .errors import PolicyError, PrivacyError, close_match_hint
 from .release import DPSeries
 from .session import Dataset, get_session
@@ -258,7 +258,7 @@ class PrivateFrame(_Private):
     def _filtered(self, condition: "PrivateSeries") -> "PrivateFrame":
         if self._kind(condition._expr) != BOOL:
             raise PolicyError("filter with a condition such as df[df.age > 65] (True/False per row).")
-        return PrivateFrame(self._ds, self._cols, self._merge_where(condition) + (condition._expr,))
+        return PrivateFrame(self._ds, self._cols, _checked_where(self._merge_where(condition) + (condition._expr,)))
 
     @property
     def loc(self):
@@ -639,7 +639,7 @@ class PrivateSeries(_Private):
         if isinstance(key, PrivateSeries):
             if self._kind(key._expr) != BOOL:
                 raise PolicyError("filter with a condition: s[s > 0].")
-            return PrivateSeries(self._ds, self._expr, self._name, self._merge_where(key) + (key._expr,))
+            return PrivateSeries(self._ds, self._expr, self._name, _checked_where(self._merge_where(key) + (key._expr,)))
         raise PrivacyError("indexing rows is not available on private data: " + _ROWS)
 
     @property
@@ -694,8 +694,16 @@ class PrivateSeries(_Private):
         """DP quantile(s); a list of ``q`` gives a Series and splits epsilon among them."""
         if isinstance(q, (list, tuple, np.ndarray)):
             qs = [_check_q(x) for x in q]
-            return self._release([self._measure(P.Quantile, bounds, q=x) for x in qs], epsilon=epsilon,
-                                 delta=delta, shape="series", labels=qs)
+            out = self._release([self._measure(P.Quantile, bounds, q=x) for x in qs], epsilon=epsilon,
+                                delta=delta, shape="series", labels=qs)
+            # Quantiles drawn independently can cross; sorting them is free post-processing and
+            # never takes the set further from the (sorted) true quantiles in any Lp norm.
+            order = np.argsort(qs, kind="stable")
+            values = out.to_numpy().copy()
+            values[order] = np.sort(values)
+            result = DPSeries(values, index=out.index, name=out.name)
+            result._dp = out._dp
+            return result
         return self._release([self._measure(P.Quantile, bounds, q=_check_q(q))], epsilon=epsilon, delta=delta)
 
     def value_counts(self, *, normalize: bool = False, sort: bool = True, ascending: bool = False,
@@ -859,6 +867,14 @@ def _finish_counts(counts, normalize: bool, sort: bool, ascending: bool):
     out = DPSeries(values.to_numpy(), index=values.index, name="proportion" if normalize else "count")
     out._dp = info
     return out
+
+
+def _checked_where(where: tuple) -> tuple:
+    """Refuse filters that can match no row whatever the data (judged from the constants alone)."""
+    reason = contradiction(where)
+    if reason:
+        raise PolicyError(f"this filter selects nothing: {reason}. Check the comparison signs and values.")
+    return where
 
 
 def _check_q(q) -> float:

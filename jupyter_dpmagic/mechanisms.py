@@ -16,10 +16,16 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 
-import opendp.prelude as dp
-from scipy.stats import norm
+# The submodules, not opendp.prelude: the prelude also imports scikit-learn (most of a second).
+import opendp.accuracy as accuracy
+import opendp.domains as domains
+import opendp.measurements as measurements
+import opendp.measures as measures
+import opendp.metrics as metrics
+from opendp.mod import enable_features
+from scipy.special import ndtri
 
-dp.enable_features("contrib")
+enable_features("contrib")
 
 __all__ = ["Noise", "laplace", "gaussian", "noisy_max", "additive", "PURE", "ZCDP"]
 
@@ -30,15 +36,15 @@ _EXACT_GAUSSIAN_ACCURACY_UP_TO = 1e4
 
 @lru_cache(maxsize=None)
 def _spaces(vector: bool, metric: str):
-    atom = dp.atom_domain(T="i64")
+    atom = domains.atom_domain(T="i64")
     if not vector:
-        return atom, dp.absolute_distance(T="i64")
-    domain = dp.vector_domain(atom)
+        return atom, metrics.absolute_distance(T="i64")
+    domain = domains.vector_domain(atom)
     if metric == "l1":
-        return domain, dp.l1_distance(T="i64")
+        return domain, metrics.l1_distance(T="i64")
     if metric == "l2":
-        return domain, dp.l2_distance(T="i64")
-    return domain, dp.linf_distance(T="i64")
+        return domain, metrics.l2_distance(T="i64")
+    return domain, metrics.linf_distance(T="i64")
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,9 +75,9 @@ class Noise:
                 # OpenDP sums the pmf, in time linear in the scale. At these scales the discrete
                 # Gaussian's tails equal the continuous one's to far below float precision; one extra
                 # step keeps the rounded bound on the safe side.
-                return math.ceil(self.scale * float(norm.isf(alpha / 2))) + 1.0
-            return float(dp.discrete_gaussian_scale_to_accuracy(self.scale, alpha))
-        return float(dp.discrete_laplacian_scale_to_accuracy(self.scale, alpha))
+                return math.ceil(self.scale * float(ndtri(1.0 - alpha / 2))) + 1.0
+            return float(accuracy.discrete_gaussian_scale_to_accuracy(self.scale, alpha))
+        return float(accuracy.discrete_laplacian_scale_to_accuracy(self.scale, alpha))
 
 
 def _check_range(value) -> None:
@@ -98,7 +104,7 @@ def _calibrated(build, sensitivity: int, target: Fraction, scale: float):
 def laplace(*, sensitivity: int, epsilon: Fraction, vector: bool) -> Noise:
     """Discrete Laplace noise with (L1) ``sensitivity`` whose epsilon is at most ``epsilon``."""
     spaces = _spaces(vector, "l1")
-    meas, scale = _calibrated(lambda s: dp.m.make_laplace(*spaces, scale=s), sensitivity, Fraction(epsilon),
+    meas, scale = _calibrated(lambda s: measurements.make_laplace(*spaces, scale=s), sensitivity, Fraction(epsilon),
                               sensitivity / float(epsilon))
     return Noise("discrete Laplace", PURE, sensitivity, scale, float(meas.map(sensitivity)), meas)
 
@@ -106,7 +112,7 @@ def laplace(*, sensitivity: int, epsilon: Fraction, vector: bool) -> Noise:
 def gaussian(*, sensitivity: int, rho: Fraction, vector: bool) -> Noise:
     """Discrete Gaussian noise with (L2) ``sensitivity`` whose zCDP rho is at most ``rho``."""
     spaces = _spaces(vector, "l2")
-    meas, scale = _calibrated(lambda s: dp.m.make_gaussian(*spaces, scale=s), sensitivity, Fraction(rho),
+    meas, scale = _calibrated(lambda s: measurements.make_gaussian(*spaces, scale=s), sensitivity, Fraction(rho),
                               sensitivity / math.sqrt(2.0 * float(rho)))
     return Noise("discrete Gaussian", ZCDP, sensitivity, scale, float(meas.map(sensitivity)), meas)
 
@@ -119,10 +125,10 @@ def noisy_max(*, sensitivity: int, loss: Fraction, measure: str) -> Noise:
     """
     spaces = _spaces(True, "linf")
     if measure == PURE:
-        scale, out = 2.0 * sensitivity / float(loss), dp.max_divergence()
+        scale, out = 2.0 * sensitivity / float(loss), measures.max_divergence()
     else:
-        scale, out = sensitivity / math.sqrt(2.0 * float(loss)), dp.zero_concentrated_divergence()
-    meas, scale = _calibrated(lambda s: dp.m.make_noisy_max(*spaces, out, scale=s), sensitivity, Fraction(loss),
+        scale, out = sensitivity / math.sqrt(2.0 * float(loss)), measures.zero_concentrated_divergence()
+    meas, scale = _calibrated(lambda s: measurements.make_noisy_max(*spaces, out, scale=s), sensitivity, Fraction(loss),
                               scale)
     return Noise("exponential mechanism", measure, sensitivity, scale, float(meas.map(sensitivity)), meas)
 

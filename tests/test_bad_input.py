@@ -1,0 +1,148 @@
+"""Every bad input gets a clear error that says what to do, and charges nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import jupyter_dpmagic as dp
+
+BAD_RELEASES = [
+    ("epsilon nan", lambda pf: pf.age.mean(epsilon=float("nan")), "epsilon"),
+    ("epsilon inf", lambda pf: pf.age.mean(epsilon=float("inf")), "epsilon"),
+    ("epsilon zero", lambda pf: pf.age.mean(epsilon=0), "epsilon"),
+    ("epsilon negative", lambda pf: pf.age.mean(epsilon=-0.5), "epsilon"),
+    ("epsilon bool", lambda pf: pf.age.mean(epsilon=True), "epsilon"),
+    ("epsilon text", lambda pf: pf.age.mean(epsilon="0.1"), "epsilon"),
+    ("epsilon above what remains", lambda pf: pf.age.mean(epsilon=3.0), "remains"),
+    ("delta on a pure budget", lambda pf: pf.age.mean(delta=1e-6), "delta"),
+    ("delta negative", lambda pf: pf.age.mean(delta=-1e-6), "delta"),
+    ("delta nan", lambda pf: pf.age.mean(delta=float("nan")), "delta"),
+    ("unknown column", lambda pf: pf["agee"].mean(), "Did you mean 'age'"),
+    ("text column mean", lambda pf: pf.ward.mean(), "numeric"),
+    ("text column sum", lambda pf: pf.diagnosis.sum(), "numeric"),
+    ("no bounds", lambda pf: pf.weight.mean(), "bounds="),
+    ("reversed call bounds", lambda pf: pf.age.mean(bounds=(110, 0)), "reversed"),
+    ("single-value bounds", lambda pf: pf.age.mean(bounds=(5, 5)), "low < high"),
+    ("non-finite bounds", lambda pf: pf.age.mean(bounds=(0, float("inf"))), "finite"),
+    ("groupby undeclared", lambda pf: pf.groupby("diagnosis").size(), "categories="),
+    ("value_counts undeclared", lambda pf: pf.diagnosis.value_counts(), "categories="),
+    ("isin nothing", lambda pf: pf[pf.ward.isin([])].age.mean(), "isin"),
+    ("between reversed", lambda pf: pf[pf.age.between(60, 40)].age.mean(), "between"),
+    ("contradicting filters", lambda pf: pf[(pf.age > 70) & (pf.age < 30)].age.mean(), "selects nothing"),
+    ("undeclared category value", lambda pf: pf[pf.ward == "cardoi"].age.mean(), "Did you mean 'cardio'"),
+    ("all-missing column", lambda pf: pf.lab.mean(), "no values"),
+    ("quantile out of range", lambda pf: pf.age.quantile(1.5), "between 0 and 1"),
+    ("ddof negative", lambda pf: pf.age.var(ddof=-1), "ddof"),
+    ("string arithmetic", lambda pf: (pf.ward + 1).mean(), "numeric"),
+    ("and without parentheses", lambda pf: pf[pf.age > 3 and pf.age < 5], "&"),
+    ("unknown purpose", lambda pf: _with_purpose(pf, "publsh"), "publish"),
+]
+
+
+def _with_purpose(pf, purpose):
+    with dp.spending(purpose=purpose):
+        return pf.age.mean()
+
+
+@pytest.fixture
+def frame():
+    rng = np.random.default_rng(3)
+    n = 200
+    return pd.DataFrame({
+        "age": rng.uniform(18, 90, n), "weight": rng.uniform(40, 120, n),
+        "ward": rng.choice(["cardio", "onco"], n), "diagnosis": rng.choice(["a", "b"], n),
+        "lab": np.full(n, np.nan),
+    })
+
+
+@pytest.mark.parametrize("label, attempt, advice", BAD_RELEASES, ids=[b[0] for b in BAD_RELEASES])
+def test_bad_release_inputs(ledger_path, dataset_name, frame, label, attempt, advice):
+    pf = dp.protect(frame, name=dataset_name, epsilon=2.0, bounds={"age": (0, 110), "lab": (0, 10)},
+                    categories={"ward": ["cardio", "onco", "ortho"]})
+    with dp.spending(epsilon=0.5):
+        pf.age.mean()  # something was spent before, so "nothing more" is meaningful
+        before = dp.budget(dataset_name)
+        with pytest.raises(dp.PrivacyError) as caught:
+            attempt(pf)
+    assert advice in str(caught.value), str(caught.value)
+    after = dp.budget(dataset_name)
+    assert (after.epsilon_spent, after.releases) == (before.epsilon_spent, before.releases)
+
+
+BAD_PROTECTS = [
+    ("epsilon zero", dict(epsilon=0), "epsilon"),
+    ("epsilon nan", dict(epsilon=float("nan")), "epsilon"),
+    ("delta one", dict(delta=1.0), "delta"),
+    ("reversed bounds", dict(bounds={"age": (90, 18)}), "reversed"),
+    ("bounds of unknown column", dict(bounds={"agee": (0, 1)}), "Did you mean 'age'"),
+    ("categories of unknown column", dict(categories={"wardd": ["a"]}), "Did you mean 'ward'"),
+    ("duplicate categories", dict(categories={"ward": ["a", "a"]}), "repeats"),
+    ("unknown unit", dict(privacy_unit="pid"), "privacy_unit"),
+    ("max rows without unit", dict(max_rows_per_unit=3), "privacy_unit"),
+    ("max rows zero", dict(max_rows_per_unit=0), "max_rows_per_unit"),
+    ("no name", dict(name=" "), "name"),
+    ("policy of wrong type", dict(policy=3), "policy="),
+]
+
+
+@pytest.mark.parametrize("label, options, advice", BAD_PROTECTS, ids=[b[0] for b in BAD_PROTECTS])
+def test_bad_protect_inputs(ledger_path, frame, label, options, advice):
+    kwargs = dict(name="visits", epsilon=1.0)
+    kwargs.update(options)
+    with pytest.raises(dp.PrivacyError) as caught:
+        dp.protect(frame, **kwargs)
+    assert advice in str(caught.value), str(caught.value)
+
+
+def test_unknown_attribute_stays_an_attribute_error(ledger_path, frame):
+    # hasattr() and IPython's display machinery rely on AttributeError; the hint still helps.
+    pf = dp.protect(frame, name="attr", epsilon=1.0)
+    with pytest.raises(AttributeError, match="Did you mean 'age'"):
+        pf.agee
+    assert not hasattr(pf, "_repr_latex_")
+
+
+def test_not_a_dataframe(ledger_path, frame):
+    with pytest.raises(dp.PolicyError, match="DataFrame"):
+        dp.protect(frame.to_numpy(), name="x", epsilon=1)
+    pf = dp.protect(frame, name="x", epsilon=1)
+    with pytest.raises(dp.PolicyError, match="already protected"):
+        dp.protect(pf, name="y", epsilon=1)
+
+
+def test_policy_file_with_a_typo_names_the_key(ledger_path, frame, tmp_path):
+    path = tmp_path / "hospital.toml"
+    path.write_text('[columns.age]\ntier = "quasi-identifier"\nbouds = [0, 110]\n')
+    with pytest.raises(dp.PolicyError) as caught:
+        dp.protect(frame, name="typo", epsilon=1.0, policy=str(path))
+    text = str(caught.value)
+    assert "bouds" in text and "Did you mean 'bounds'" in text and "hospital.toml" in text
+
+
+def test_same_name_with_other_data_or_same_data_with_other_name(ledger_path, frame):
+    dp.protect(frame, name="visits", epsilon=1.0)
+    with pytest.raises(dp.PolicyError, match="another name"):
+        dp.protect(frame.assign(age=frame.age + 1), name="visits", epsilon=1.0)
+    with pytest.raises(dp.PolicyError, match="name='visits'"):
+        dp.protect(frame, name="visits_copy", epsilon=1.0)
+    with pytest.raises(dp.PolicyError, match="never changes"):
+        dp.protect(frame, name="visits", epsilon=5.0)
+
+
+def test_later_edits_of_the_original_frame_do_not_change_the_protected_data(ledger_path, frame):
+    pf = dp.protect(frame, name="edits", epsilon=1e6, bounds={"age": (0, 1000)})
+    frame.loc[:, "age"] = 1000.0
+    with dp.spending(epsilon=1000):
+        assert pf.age.mean() < 100
+
+
+def test_a_data_dependent_empty_filter_is_a_release_not_an_error(ledger_path, frame):
+    # Refusing because no row matched would reveal that no patient matched; it must stay a DP release.
+    pf = dp.protect(frame, name="empty", epsilon=10.0, bounds={"age": (0, 110)})
+    with dp.spending(epsilon=1.0):
+        mean = pf[pf.age > 100].age.mean()
+        count = pf[pf.age > 100].count_rows()
+    assert 0 <= mean <= 110 and np.isfinite(mean) and count >= 0
+    assert dp.info(mean).ci_low >= 0 and dp.info(mean).ci_high <= 110
