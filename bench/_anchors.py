@@ -131,7 +131,8 @@ def opendp_ops(df, *, epsilon: float, bounds: tuple[float, float]) -> dict:
     ops = {
         "len": (lambda: count_rows(values), "vector count + Laplace (symmetric distance)"),
         "count": (lambda: count_present(los), "drop_null + count + Laplace"),
-        "sum": (lambda: total(values), "clamp + sum + Laplace (unknown size)"),
+        "sum": (lambda: total(values), "clamp + sum + Laplace (unknown size; OpenDP's float sum of unknown "
+                                       "size takes a much slower path above about 1e6 rows)"),
         "mean": (lambda: mean(values), "clamp + make_mean on a vector of known size (row count public)"),
     }
     for op in ("gsize_str", "gsize_cat"):

@@ -52,6 +52,9 @@ def kind_of(expr: Expr, schema: Mapping[str, str]) -> str:
     if isinstance(expr, BinOp):
         left, right = kind_of(expr.left, schema), kind_of(expr.right, schema)
         if expr.op in COMPARISON:
+            if expr.op not in ("==", "!=") and not _comparable(left, right):
+                raise PolicyError(f"'{expr.op}' compares {left} with {right} values; compare numbers with "
+                                  "numbers and text with text (convert with .astype(float) if needed).")
             return BOOL
         if expr.op in LOGICAL:
             if left != BOOL or right != BOOL:
@@ -85,6 +88,13 @@ def kind_of(expr: Expr, schema: Mapping[str, str]) -> str:
         kind_of(expr.operand, schema)
         return BOOL if expr.dtype == "bool" else NUMERIC
     raise TypeError(f"not an expression: {expr!r}")
+
+
+def _comparable(left: str, right: str) -> bool:
+    # Ordering mixed kinds fails row by row in pandas, and an error that depends on which values the
+    # data holds would itself leak; refuse it from the kinds alone.
+    numeric = {NUMERIC, BOOL}
+    return (left in numeric and right in numeric) or left == right
 
 
 Interval = tuple[float, float]

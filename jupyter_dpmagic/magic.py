@@ -60,6 +60,7 @@ def _name_parser(command: str) -> _Parser:
 
 
 SUBCOMMANDS = ("protect", "budget", "history", "policy")
+_CELL_PARSER = _cell_parser()
 
 
 @magics_class
@@ -103,7 +104,7 @@ class DPMagics(Magics):
 
     # ----------------------------------------------------------------------------------- the cell
     def _cell(self, line: str, cell: str):
-        args = _cell_parser().parse_args(shlex.split(line))
+        args = _CELL_PARSER.parse_args(shlex.split(line))
         with spending(epsilon=args.epsilon, delta=args.delta, purpose=args.purpose, budget=args.budget):
             return self._run(cell)
 

@@ -101,6 +101,12 @@ def _calibrated(build, sensitivity: int, target: Fraction, scale: float):
     raise ArithmeticError(f"could not calibrate noise for a loss of {float(target)!r}")
 
 
+# Calibrating costs a few OpenDP calls; a measurement draws fresh noise on every call, so the same
+# one can serve every release with the same sensitivity and loss.
+_cached = lru_cache(maxsize=4096)
+
+
+@_cached
 def laplace(*, sensitivity: int, epsilon: Fraction, vector: bool) -> Noise:
     """Discrete Laplace noise with (L1) ``sensitivity`` whose epsilon is at most ``epsilon``."""
     spaces = _spaces(vector, "l1")
@@ -109,6 +115,7 @@ def laplace(*, sensitivity: int, epsilon: Fraction, vector: bool) -> Noise:
     return Noise("discrete Laplace", PURE, sensitivity, scale, float(meas.map(sensitivity)), meas)
 
 
+@_cached
 def gaussian(*, sensitivity: int, rho: Fraction, vector: bool) -> Noise:
     """Discrete Gaussian noise with (L2) ``sensitivity`` whose zCDP rho is at most ``rho``."""
     spaces = _spaces(vector, "l2")
@@ -117,6 +124,7 @@ def gaussian(*, sensitivity: int, rho: Fraction, vector: bool) -> Noise:
     return Noise("discrete Gaussian", ZCDP, sensitivity, scale, float(meas.map(sensitivity)), meas)
 
 
+@_cached
 def noisy_max(*, sensitivity: int, loss: Fraction, measure: str) -> Noise:
     """Report-noisy-max (the exponential mechanism) over integer scores with L-inf ``sensitivity``.
 

@@ -14,7 +14,7 @@ import os
 import threading
 from fractions import Fraction
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +52,18 @@ def ledger_location(configured: str | None = None) -> str:
     return str(Path(jupyter_data_dir()) / "dpmagic" / "ledger.sqlite")
 
 
-def fingerprint(frame: pd.DataFrame) -> str:
-    """A content hash of the protected data (column names, dtypes and every value, not the index)."""
+def fingerprint(frame: pd.DataFrame, *, block: int = 2**20) -> str:
+    """A content hash of the protected data (column names, dtypes and every value, not the index).
+
+    Hashed in blocks of rows so that protecting a large table needs little extra memory; the digest
+    does not depend on the block size.
+    """
     digest = hashlib.sha256()
     for name, dtype in frame.dtypes.items():
         digest.update(f"{name}\x1f{dtype}\x1e".encode())
-    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    for start in range(0, len(frame), block):
+        rows = frame.iloc[start:start + block]
+        digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -75,14 +81,17 @@ class Dataset:
     engine: LocalEngine
     schema: dict  # column -> kind ("numeric", "bool", "text", "datetime", "other")
     empty_columns: frozenset = field(default_factory=frozenset)
+    _columns: dict = field(default_factory=dict, repr=False)
 
     def column(self, name: str):
-        resolved = self.policy.resolve(name, self.frame.dtypes[name])
-        if name == self.unit and resolved.tier != "identifier":
-            # The privacy unit names people: it is an identifier whatever the policy says.
-            from dataclasses import replace
-
-            resolved = replace(resolved, tier="identifier", tier_source="privacy unit")
+        """The resolved policy of a source column (computed once: policy and dtypes never change)."""
+        resolved = self._columns.get(name)
+        if resolved is None:
+            resolved = self.policy.resolve(name, self.frame[name].dtype)
+            if name == self.unit and resolved.tier != "identifier":
+                # The privacy unit names people: it is an identifier whatever the policy says.
+                resolved = replace(resolved, tier="identifier", tier_source="privacy unit")
+            self._columns[name] = resolved
         return resolved
 
 
@@ -250,7 +259,13 @@ class Session:
                         f"'{dataset.name}'. Ask for less (epsilon=...) or raise the cell's --budget.")
 
         # Exact aggregates first: a query that fails here has charged nothing.
-        exact = dataset.engine.run(query, primitives)
+        try:
+            exact = dataset.engine.run(query, primitives)
+        except Exception as error:
+            # The original message may quote values from the data: do not pass it on.
+            raise PrivacyError(
+                f"computing {describe(query)} failed on the data ({type(error).__name__}); nothing was "
+                "charged. Check the column types and the operations in the cell.") from None
 
         mechanism_names = sorted({n.name for n in noises})
         charge = accountant.charge(record, cost, query=describe(query), mechanism=" + ".join(mechanism_names),
@@ -342,8 +357,6 @@ def _labels(by: tuple):
 
 
 def _shape(outcomes: list[Outcome], info: ReleaseInfo, by: tuple, shape: str, labels: Sequence[str]):
-    from dataclasses import replace
-
     accuracy = "; ".join(dict.fromkeys(o.accuracy for o in outcomes))
     integer = all(o.integer for o in outcomes)
     if shape == "scalar":

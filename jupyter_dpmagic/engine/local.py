@@ -18,9 +18,9 @@ from ..plan import (AsType, Between, BinOp, Clip, Col, Expr, FillNA, FixedSum, I
 
 __all__ = ["LocalEngine"]
 
-# A float64 holds every integer up to 2**53 exactly; terms are at most 2**23, so sums over chunks of
-# 2**29 rows never round. Larger inputs are summed chunk by chunk into Python integers.
-_CHUNK = 2**29
+# Rows per block of fixed-point work: small enough to stay in cache, and a float64 sum of a block's
+# integer terms (each at most 2**23 in size) stays below 2**53, so it never rounds.
+_BLOCK = 2**16
 
 _BINARY = {
     "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
@@ -48,8 +48,8 @@ class LocalEngine:
         """
         cache: dict = {}
         rows = self._where(query.where, cache)
-        codes, n_groups = self._group_codes(query.by, cache)
-        if codes is not None:
+        codes, n_groups, complete = self._group_codes(query.by, cache)
+        if codes is not None and not complete:
             rows = _and(rows, codes >= 0)
         keep_by_expr: dict = {}
         out = []
@@ -142,16 +142,29 @@ class LocalEngine:
         return rows
 
     # ---------------------------------------------------------------------------------- grouping
-    def _group_codes(self, keys, cache) -> tuple[np.ndarray | None, int]:
+    def _group_codes(self, keys, cache) -> tuple[np.ndarray | None, int, bool]:
+        """Group number of every row (-1: in no declared group), the number of groups, and whether
+        every row is in a group."""
         if not keys:
-            return None, 1
-        codes = np.zeros(self._n, dtype=np.int64)
+            return None, 1, True
+        token = ("groups", keys)
+        if token in self._codes_cache:
+            return self._codes_cache[token]
+        codes = None
         stride = 1
         for key in reversed(keys):
             key_codes = self._key_codes(key, cache)
-            codes = np.where((codes < 0) | (key_codes < 0), -1, codes + key_codes * stride)
+            if codes is None:
+                codes = key_codes
+            else:
+                wide = codes.astype(np.int64) + key_codes.astype(np.int64) * stride
+                codes = np.where((codes < 0) | (key_codes < 0), -1, wide)
             stride *= len(key.categories)
-        return codes, stride
+        codes = codes.astype(_code_dtype(stride), copy=False)
+        result = (codes, stride, bool(codes.min(initial=0) >= 0))
+        if all(isinstance(k.expr, Col) for k in keys):
+            self._codes_cache[token] = result
+        return result
 
     def _key_codes(self, key, cache) -> np.ndarray:
         # Source columns never change after protect(), so their codes are cached across queries.
@@ -161,7 +174,7 @@ class LocalEngine:
             return self._codes_cache[token]
         values = self.evaluate(key.expr, cache)
         index = pd.Index(list(key.categories))
-        codes = index.get_indexer(pd.Index(values)).astype(np.int64)
+        codes = index.get_indexer(pd.Index(values)).astype(_code_dtype(len(key.categories)))
         if cacheable:
             self._codes_cache[token] = codes
         return codes
@@ -199,15 +212,20 @@ class LocalEngine:
         if keep is not None:
             values = values[keep]
         if isinstance(prim, FixedSum):
-            terms = _fixed_terms(values, prim)
-            if group is None:
-                return [_exact_sum(terms)]
-            return _exact_bincount(group, terms, n_groups)
+            return _fixed_sums(values, prim, group, n_groups)
         if isinstance(prim, QuantileScores):
             if group is not None:
                 raise TypeError("quantile scores are computed without groups")
             return [_quantile_scores(values, prim)]
         raise TypeError(f"unknown primitive {prim!r}")
+
+
+def _code_dtype(n_groups: int):
+    """The smallest signed integer type for group numbers 0..n-1 and -1 (no group)."""
+    for dtype in (np.int8, np.int16, np.int32):
+        if n_groups < np.iinfo(dtype).max:
+            return dtype
+    return np.int64
 
 
 def _and(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
@@ -223,28 +241,31 @@ def _as_bool(value):
     return value
 
 
-def _fixed_terms(values: np.ndarray, prim: FixedSum) -> np.ndarray:
-    """Clamp, map to the integer grid and clamp again as integers (in place on one buffer)."""
-    buf = np.clip(values, prim.low, prim.high)
-    if prim.square:
-        buf -= prim.centre
-        np.square(buf, out=buf)
-    buf -= prim.shift
-    buf *= 1.0 / prim.grid
-    np.clip(buf, -prim.limit, prim.limit, out=buf)
-    np.rint(buf, out=buf)
-    return buf
+def _fixed_sums(values: np.ndarray, prim: FixedSum, group: np.ndarray | None, n_groups: int) -> list[int]:
+    """Exact per-group sums of the fixed-point terms of ``values`` (missing values already removed).
 
-
-def _exact_sum(terms: np.ndarray) -> int:
-    return sum(int(np.sum(terms[i:i + _CHUNK])) for i in range(0, len(terms), _CHUNK)) if len(terms) else 0
-
-
-def _exact_bincount(group: np.ndarray, terms: np.ndarray, n_groups: int) -> list[int]:
+    Each term is clamped, mapped to the integer grid and clamped again as an integer. Blocks that fit
+    in the CPU cache go through one reused buffer: no full-size temporary is ever allocated. A block's
+    float sum is exact (at most ``_BLOCK * limit`` < 2**53), and blocks are added as Python integers.
+    """
     totals = [0] * n_groups
-    for i in range(0, len(terms), _CHUNK):
-        part = np.bincount(group[i:i + _CHUNK], weights=terms[i:i + _CHUNK], minlength=n_groups)
-        totals = [t + int(p) for t, p in zip(totals, part)]
+    buf = np.empty(min(_BLOCK, len(values)), dtype=np.float64)
+    inverse = 1.0 / prim.grid
+    for start in range(0, len(values), _BLOCK):
+        block = buf[:min(_BLOCK, len(values) - start)]
+        np.clip(values[start:start + len(block)], prim.low, prim.high, out=block)
+        if prim.square:
+            block -= prim.centre
+            np.square(block, out=block)
+        block -= prim.shift
+        block *= inverse
+        np.clip(block, -prim.limit, prim.limit, out=block)
+        np.rint(block, out=block)
+        if group is None:
+            totals[0] += int(np.sum(block))
+        else:
+            part = np.bincount(group[start:start + len(block)], weights=block, minlength=n_groups)
+            totals = [t + int(p) for t, p in zip(totals, part)]
     return totals
 
 
