@@ -70,14 +70,19 @@ class Noise:
 
     def half_width(self, alpha: float) -> float:
         """``a`` such that the noise exceeds ``a`` in absolute value with probability at most ``alpha``."""
-        if self.name == "discrete Gaussian":
-            if self.scale > _EXACT_GAUSSIAN_ACCURACY_UP_TO:
-                # OpenDP sums the pmf, in time linear in the scale. At these scales the discrete
-                # Gaussian's tails equal the continuous one's to far below float precision; one extra
-                # step keeps the rounded bound on the safe side.
-                return math.ceil(self.scale * float(ndtri(1.0 - alpha / 2))) + 1.0
-            return float(accuracy.discrete_gaussian_scale_to_accuracy(self.scale, alpha))
-        return float(accuracy.discrete_laplacian_scale_to_accuracy(self.scale, alpha))
+        return _half_width(self.name, self.scale, alpha)
+
+
+@lru_cache(maxsize=4096)
+def _half_width(name: str, scale: float, alpha: float) -> float:
+    if name == "discrete Gaussian":
+        if scale > _EXACT_GAUSSIAN_ACCURACY_UP_TO:
+            # OpenDP sums the pmf, in time linear in the scale. At these scales the discrete
+            # Gaussian's tails equal the continuous one's to far below float precision; one extra
+            # step keeps the rounded bound on the safe side.
+            return math.ceil(scale * float(ndtri(1.0 - alpha / 2))) + 1.0
+        return float(accuracy.discrete_gaussian_scale_to_accuracy(scale, alpha))
+    return float(accuracy.discrete_laplacian_scale_to_accuracy(scale, alpha))
 
 
 def _check_range(value) -> None:
