@@ -14,7 +14,8 @@ Choices, with the reasons:
   split is best near the centre; 80/20 stays within 1.12x of the best split's error when the mean is in
   the middle 60% of the bounds and within 1.8x at the very edge (where 50/50 is best).
 * Quantiles use the exponential mechanism over 1025 public candidates spread evenly on the bounds; its
-  accuracy is stated in ranks (rows), because turning ranks into values would need the data.
+  accuracy is stated in ranks (rows) relative to the best candidate, because turning ranks into values,
+  or saying how far the best candidate lies from the true quantile, would need the data.
 """
 
 from __future__ import annotations
@@ -171,11 +172,13 @@ def _quantile_outcome(compiled, noisy, noises) -> Outcome:
     noise = noises[0]
     # Report-noisy-max picks a candidate whose score is below the best by more than
     # scale * ln(C / alpha) with probability at most alpha; one rank step moves the score by `den`.
+    # The guarantee is relative to the best candidate: on dense data the true quantile can lie many
+    # rows away from every grid point, and no statement free of the data can say how many.
     rows = math.ceil(noise.scale * math.log(len(prim.candidates) / ALPHA) / prim.den)
     step = (prim.high - prim.low) / (len(prim.candidates) - 1)
     return Outcome(values, None, None,
-                   f"rank within ± {rows} rows of the true {compiled.measure.q:g}-quantile "
-                   f"(95%), on a grid of step {step:.3g}")
+                   f"rank within ± {rows} rows of the best of {len(prim.candidates)} grid points "
+                   f"(step {step:.3g}) for the {compiled.measure.q:g}-quantile (95%)")
 
 
 def _spread_text(low, high, values) -> str:

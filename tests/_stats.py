@@ -22,13 +22,14 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from scipy import integrate, optimize, stats
+from scipy import optimize, stats
 
 import jupyter_dpmagic as dp
 from jupyter_dpmagic import mechanisms
 
-# Largest false-alarm probability of one test (all its checks together). The rules ask for < 1e-6.
-TEST_ALPHA = 1e-7
+# Largest false-alarm probability of one test, all its checks together (Bonferroni; e.g. four checks
+# at 1e-7 each). Below the 1e-6 allowed per test, and the same bound holds for each power test missing.
+TEST_ALPHA = 4e-7
 BIG_BUDGET = 1e6  # releases in these tests must never run out of budget
 LIMIT = 2**23  # grid steps per bound of a fixed-point sum (measures.LIMIT)
 
@@ -125,30 +126,31 @@ class DiscreteGaussian:
 def noisy_max_probabilities(scores, scale: float) -> np.ndarray:
     """P(candidate i is selected) by argmax(scores + Exp(scale)) (OpenDP's pure-DP noisy max).
 
-    P(i) = integral over x of the density of score_i + E_i at x times P(score_j + E_j < x) for all
-    other j; candidates that share a score are grouped so that the integrand is a short product.
+    P(i) = integral over x of the density of score_i + E_i at x times P(score_j + E_j < x) for every
+    other j. Candidates sharing a score are grouped; between consecutive scores the integrand is
+    smooth, so Gauss-Legendre quadrature on those pieces is accurate to ~1e-12.
     """
     s = np.asarray(scores, dtype=float) / scale
     s -= s.max()
     levels, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
-    live = levels > -80.0  # lower scores never win (exp(-80)) and their CDF is 1 where it matters
-
-    def integrand(x, a):
-        log_total = -(x - levels[a])
-        for b in np.flatnonzero(live):
-            m = counts[b] - (1 if b == a else 0)
-            if m == 0:
-                continue
-            if x <= levels[b]:
-                return 0.0
-            log_total += m * math.log1p(-math.exp(-(x - levels[b])))
-        return math.exp(log_total)
-
+    live = levels > -80.0  # lower scores never win (exp(-80)), and above them their CDF is 1 - exp(-80)
+    lv, cnt = levels[live], counts[live]
+    cuts = np.unique(np.r_[lv, [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 80.0]])
+    nodes, weights = np.polynomial.legendre.leggauss(48)
+    x = np.concatenate([(v - u) / 2 * nodes + (u + v) / 2 for u, v in zip(cuts[:-1], cuts[1:])])
+    w = np.concatenate([(v - u) / 2 * weights for u, v in zip(cuts[:-1], cuts[1:])])
+    d = x[None, :] - lv[:, None]
+    log_cdf = np.full(d.shape, -np.inf)
+    above = d > 0
+    log_cdf[above] = np.log1p(-np.exp(-d[above]))
+    total = (cnt[:, None] * np.where(above, log_cdf, 0.0)).sum(axis=0)
     per_level = np.zeros(len(levels))
-    for a in np.flatnonzero(live):
-        edges = sorted({levels[a], *(lv for lv in levels[live] if lv > levels[a]), 80.0})
-        per_level[a] = sum(integrate.quad(integrand, u, v, args=(a,), limit=200, epsabs=1e-14,
-                                          epsrel=1e-12)[0] for u, v in zip(edges[:-1], edges[1:]))
+    for a in range(len(lv)):
+        # x must exceed candidate a's own score and every other score (else some other wins surely)
+        others_above_x = ((~above) & (np.arange(len(lv))[:, None] != a)).any(axis=0)
+        mask = above[a] & ~others_above_x
+        log_f = -d[a, mask] + total[mask] - log_cdf[a, mask]
+        per_level[np.flatnonzero(live)[a]] = float(np.sum(w[mask] * np.exp(log_f)))
     return per_level[inverse]
 
 
@@ -297,12 +299,14 @@ def ks_fit(noise, law, alpha: float, name=None) -> Check:
 def require(*checks: Check) -> None:
     """Assert every check passed, showing all of them."""
     text = "\n".join(map(str, checks))
+    print(text)
     assert all(c.ok for c in checks), text
 
 
 def reject(*checks: Check) -> None:
     """Assert every check was rejected (the power tests)."""
     text = "\n".join(map(str, checks))
+    print(text)
     assert not any(c.ok for c in checks), text
 
 
@@ -366,13 +370,11 @@ class Broken:
 
     def __init__(self, monkeypatch):
         self.monkeypatch = monkeypatch
-        self.calls = 0
 
     def _wrap(self, kind, make):
         original = getattr(mechanisms, kind)
 
         def patched(**kwargs):
-            self.calls += 1
             return make(original, kwargs)
 
         self.monkeypatch.setattr(mechanisms, kind, patched)
@@ -382,10 +384,9 @@ class Broken:
         reported = actual if reported is None else reported
 
         def make(original, kwargs, kind):
-            right = original(**kwargs)
-            drawn = original(**_scaled_loss(kind, kwargs, actual)) if actual != 1.0 else right
-            shown = original(**_scaled_loss(kind, kwargs, reported)) if reported != 1.0 else right
-            return replace(right, scale=shown.scale, _measurement=drawn._measurement)
+            drawn = original(**_scaled_loss(kind, kwargs, actual))
+            # the loss the session asked for (what the ledger charges), the scale it is told
+            return replace(drawn, loss=float(kwargs[_LOSS_ARG[kind]]), scale=drawn.scale * reported / actual)
 
         for kind in kinds:
             self._wrap(kind, lambda original, kwargs, kind=kind: make(original, kwargs, kind))
@@ -421,3 +422,27 @@ class Broken:
         for kind in ("laplace", "gaussian", "noisy_max"):
             self._wrap(kind, make)
         return self
+
+
+def audit_miss_probability(events, m: int, n_bounds: int, alpha: float, epsilon: float) -> float:
+    """Probability that an audit with ``m`` releases per side finds no eps_lb > ``epsilon``.
+
+    ``events`` lists (P[E | one], P[E | other]) under the broken mechanism; the audit uses bounds at
+    beta = alpha / n_bounds. Exact: a sum over the binomial law of the first count of the
+    probability that the second count is too large; the smallest value over the events bounds the
+    probability that all of them miss.
+    """
+    beta = alpha / n_bounds
+    k = np.arange(m + 1)
+    with np.errstate(all="ignore"):
+        lows = np.where(k == 0, 0.0, stats.beta.ppf(beta, np.maximum(k, 1), m - k + 1))
+        highs = np.where(k == m, 1.0, stats.beta.ppf(1.0 - beta, k + 1, np.maximum(m - k, 1)))
+    best = 1.0
+    for p, q in events:
+        miss = 0.0
+        pk = stats.binom.pmf(k, m, p)
+        for i in np.flatnonzero(pk > 1e-300):
+            j = int(np.searchsorted(highs, lows[i] / math.exp(epsilon))) - 1  # largest count still detected
+            miss += pk[i] * (stats.binom.sf(j, m, q) if j >= 0 else 1.0)
+        best = min(best, miss)
+    return float(best)
