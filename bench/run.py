@@ -644,7 +644,6 @@ def _error_stats(estimates, truth) -> dict:
 
 
 def bench_accuracy(cfg, dp, results) -> None:
-    import numpy as np
     import pandas as pd
     import _anchors
 

@@ -168,6 +168,15 @@ _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _DATETIME_REASON = "auto: datetime dtype (HIPAA Safe Harbor date tied to a person)"
 
 
+# Words that, before 'name' or 'id', make the column a category of things (a ward, a drug) rather
+# than a person or a record: 'visit_id' or 'study_id' stay identifiers (unique record numbers).
+_THING_QUALIFIERS = frozenset({
+    "drug", "medication", "medicine", "product", "brand", "ward", "hospital", "clinic", "site", "centre",
+    "center", "department", "unit", "room", "bed", "test", "lab", "assay", "procedure", "diagnosis",
+    "condition", "disease", "arm", "specialty", "speciality", "region", "country", "state",
+})
+
+
 def _name_words(name) -> tuple[list[str], set[str]]:
     """Split a column name into lower-case words, plus the forms single-word entries may match."""
     chunks = re.findall(r"[^\W_]+", str(name))
@@ -175,6 +184,18 @@ def _name_words(name) -> tuple[list[str], set[str]]:
     # A chunk written in one piece ("PatientID", "HbA1c") is also tried whole, and "address2"
     # also as "address".
     forms = set(words) | {w.rstrip("0123456789") for w in words} | {c.lower() for c in chunks}
+    return words, forms
+
+
+def _thing_names_removed(words: list[str], forms: set[str]) -> tuple[list[str], set[str]]:
+    """Drop 'name'/'id' when they name a thing rather than a person ('drug_name', 'ward_id').
+
+    Only for qualifiers that cannot be people: 'patient_name' and a bare 'name' stay identifiers.
+    """
+    for i, word in enumerate(words):
+        if word in ("name", "id") and i > 0 and words[i - 1] in _THING_QUALIFIERS:
+            kept = words[:i] + words[i + 1:]
+            return kept, (forms - {word}) | set(kept)
     return words, forms
 
 
@@ -241,7 +262,7 @@ def classify(name: str, dtype=None) -> tuple[str, str]:
     >>> classify("PatientMRN")
     ('identifier', "auto: name matches 'mrn' (HIPAA Safe Harbor identifier)")
     """
-    words, forms = _name_words(name)
+    words, forms = _thing_names_removed(*_name_words(name))
     for tier, entries in (
         ("identifier", _IDENTIFIER_WORDS),
         ("sensitive", _SENSITIVE_WORDS),

@@ -203,60 +203,20 @@ class Session:
                                "`with dp.spending():` block), where it is charged to the budget.")
         query = Query(dataset.name, tuple(measures), tuple(where), tuple(by), dataset.unit, dataset.max_rows)
         tier = self._check_columns(dataset, query)
-        purpose_name = scope_value(scope, "purpose") or dataset.policy.default_purpose
-        purpose = dataset.policy.purpose(purpose_name).name
-        if epsilon is None:
-            epsilon = scope_value(scope, "epsilon")
-        if epsilon is None:
-            epsilon = dataset.policy.default_epsilon(purpose=purpose, tiers=[tier])
-        epsilon = check_epsilon(epsilon)
-        if delta is None:
-            delta = scope_value(scope, "delta") or 0.0
-        delta = check_delta(delta)
-
+        purpose, epsilon, delta = _parameters(dataset, scope, tier, epsilon, delta)
         record = dataset.record
-        measure_kind = mechanisms.PURE if record.mode == "pure" else mechanisms.ZCDP
-        if measure_kind == mechanisms.PURE:
-            if delta > 0:
-                raise PolicyError(f"dataset '{dataset.name}' has a pure epsilon budget (delta=0), so a "
-                                  "release cannot use delta. Drop delta=, or protect the data with a "
-                                  "delta (e.g. delta=1e-6) to use Gaussian noise.")
-            total_loss = epsilon
-        elif delta == 0:
-            # zCDP budgets: a release's epsilon is its share of the budget, so that releases whose
-            # epsilons add up to the total use exactly all of its rho (k releases of total/k each get
-            # rho_cap/k: the tight composition that makes Gaussian noise worth a delta).
-            total_loss = record.cap_units / UNITS_PER_ONE * epsilon / record.epsilon_total
-        else:
-            # With its own delta, a release gets the largest rho that keeps it (epsilon, delta)-DP.
-            total_loss = epsilon_delta_to_rho(epsilon, delta)
-
+        units = _release_units(record, epsilon, delta)
         compiled = [compile_measure(m) for m in query.measures]
         primitives = [p for comp in compiled for p in comp.primitives]
-        weights = [share / len(compiled) for comp in compiled for share in comp.shares]
-        units = _whole_units(total_loss)
-        vector = bool(query.by)
-        noises = []
-        for prim, part in zip(primitives, _split_units(units, weights)):
-            loss = Fraction(part, UNITS_PER_ONE)
-            sensitivity = prim.sensitivity() * query.max_rows
-            if isinstance(prim, QuantileScores):
-                noises.append(mechanisms.noisy_max(sensitivity=sensitivity, loss=loss, measure=measure_kind))
-            else:
-                noises.append(mechanisms.additive(sensitivity=sensitivity, loss=loss, measure=measure_kind,
-                                                  vector=vector))
+        noises = _calibrate(compiled, units, query, record.mode)
         charged = units / UNITS_PER_ONE
-        cost = Cost(epsilon=charged, delta=0.0) if measure_kind == mechanisms.PURE else \
-            Cost(epsilon=epsilon, delta=delta, rho=charged)
-        accountant = self.accountant
+        cost = Cost(epsilon=charged) if record.mode == "pure" else Cost(epsilon=epsilon, delta=delta, rho=charged)
         key = (dataset.name, dataset.user)
         for each in scope.chain():
-            if each.budget is not None:
-                cap = accountant.cap_units(record, each.budget)
-                if each.spent_units.get(key, 0) + units > cap:
-                    raise BudgetExceededError(
-                        f"this release would take the cell past its --budget of ε={each.budget:g} on "
-                        f"'{dataset.name}'. Ask for less (epsilon=...) or raise the cell's --budget.")
+            if each.budget is not None and each.spent_units.get(key, 0) + units > _share_units(record, each.budget):
+                raise BudgetExceededError(
+                    f"this release would take the cell past its --budget of ε={each.budget:g} on "
+                    f"'{dataset.name}'. Ask for less (epsilon=...) or raise the cell's --budget.")
 
         # Exact aggregates first: a query that fails here has charged nothing.
         try:
@@ -267,26 +227,25 @@ class Session:
                 f"computing {describe(query)} failed on the data ({type(error).__name__}); nothing was "
                 "charged. Check the column types and the operations in the cell.") from None
 
-        mechanism_names = sorted({n.name for n in noises})
-        charge = accountant.charge(record, cost, query=describe(query), mechanism=" + ".join(mechanism_names),
-                                   tier=tier, purpose=purpose, units=units,
-                                   tier_share=dataset.policy.tier(tier).max_share)
+        mechanism = " + ".join(sorted({n.name for n in noises}))
+        charge = self.accountant.charge(record, cost, query=describe(query), mechanism=mechanism, tier=tier,
+                                        purpose=purpose, units=units,
+                                        tier_share=dataset.policy.tier(tier).max_share)
         for each in scope.chain():
             each.spent_units[key] = each.spent_units.get(key, 0) + units
 
         # The charge is committed: from here on nothing may fail silently or be retried.
-        noisy = [_add_noise(noise, prim, values, vector) for noise, prim, values in zip(noises, primitives, exact)]
+        noisy = [_add_noise(noise, prim, values, bool(query.by))
+                 for noise, prim, values in zip(noises, primitives, exact)]
         outcomes, at = [], 0
         for comp in compiled:
             k = len(comp.primitives)
             outcomes.append(comp.finish(noisy[at:at + k], noises[at:at + k]))
             at += k
-        notes = _notes(query) + tuple(notes)
         info = ReleaseInfo(
-            dataset=dataset.name, query=describe(query), mechanism=" + ".join(mechanism_names),
-            epsilon=cost.epsilon, delta=cost.delta, rho=cost.rho,
-            ci_low=None, ci_high=None, accuracy="", purpose=purpose, tier=tier, charge_id=charge.id,
-            notes=notes)
+            dataset=dataset.name, query=describe(query), mechanism=mechanism, epsilon=cost.epsilon,
+            delta=cost.delta, rho=cost.rho, ci_low=None, ci_high=None, accuracy="", purpose=purpose, tier=tier,
+            charge_id=charge.id, notes=_notes(query) + tuple(notes))
         return _shape(outcomes, info, query.by, shape, labels)
 
     def _check_columns(self, dataset: Dataset, query: Query) -> str:
@@ -305,6 +264,58 @@ class Session:
                                   "protected), so there is nothing to release. Choose another column.")
             tiers.append(resolved.tier)
         return dataset.policy.strictest(tiers)
+
+
+def _parameters(dataset: Dataset, scope, tier: str, epsilon, delta) -> tuple[str, float, float]:
+    """Purpose, epsilon and delta of a release: the call's, else the cell's, else the policy's."""
+    purpose = dataset.policy.purpose(scope_value(scope, "purpose") or dataset.policy.default_purpose).name
+    if epsilon is None:
+        epsilon = scope_value(scope, "epsilon")
+    if epsilon is None:
+        epsilon = dataset.policy.default_epsilon(purpose=purpose, tiers=[tier])
+    epsilon = check_epsilon(epsilon)
+    delta = check_delta(delta if delta is not None else (scope_value(scope, "delta") or 0.0))
+    if delta > 0 and dataset.record.mode == "pure":
+        raise PolicyError(f"dataset '{dataset.name}' has a pure epsilon budget (delta=0), so a release "
+                          "cannot use delta. Drop delta=, or protect the data with a delta (e.g. "
+                          "delta=1e-6) to use Gaussian noise.")
+    return purpose, epsilon, delta
+
+
+def _share_units(record: BudgetRecord, epsilon: float) -> int:
+    """Units that ``epsilon`` of this budget stands for.
+
+    Pure budgets: epsilon itself. zCDP budgets: epsilon is a share of the budget, so that amounts
+    whose epsilons add up to the total use exactly all of its rho (k releases of total/k each get
+    rho_cap/k: the tight composition that makes Gaussian noise worth a delta).
+    """
+    if record.mode == "pure":
+        return _whole_units(epsilon)
+    return _whole_units(record.cap_units / UNITS_PER_ONE * epsilon / record.epsilon_total)
+
+
+def _release_units(record: BudgetRecord, epsilon: float, delta: float) -> int:
+    if delta > 0:
+        # With its own delta, a release gets the largest rho that keeps it (epsilon, delta)-DP.
+        return _whole_units(epsilon_delta_to_rho(epsilon, delta))
+    return _share_units(record, epsilon)
+
+
+def _calibrate(compiled, units: int, query: Query, mode: str) -> list:
+    """One OpenDP measurement per primitive, splitting ``units`` by the measures' shares."""
+    measure = mechanisms.PURE if mode == "pure" else mechanisms.ZCDP
+    primitives = [p for comp in compiled for p in comp.primitives]
+    weights = [share / len(compiled) for comp in compiled for share in comp.shares]
+    noises = []
+    for prim, part in zip(primitives, _split_units(units, weights)):
+        loss = Fraction(part, UNITS_PER_ONE)
+        sensitivity = prim.sensitivity() * query.max_rows
+        if isinstance(prim, QuantileScores):
+            noises.append(mechanisms.noisy_max(sensitivity=sensitivity, loss=loss, measure=measure))
+        else:
+            noises.append(mechanisms.additive(sensitivity=sensitivity, loss=loss, measure=measure,
+                                              vector=bool(query.by)))
+    return noises
 
 
 def _whole_units(loss: float) -> int:

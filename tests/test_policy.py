@@ -504,3 +504,12 @@ def test_from_dict_names_its_source():
         Policy.from_dict({"columns": {"age": {"bounds": [2, 1]}}})
     with pytest.raises(PolicyError, match=r"^site-policy: purposes"):
         Policy.from_dict({"purposes": []}, source="site-policy")
+
+
+@pytest.mark.parametrize("name, tier", [
+    ("drug_name", "sensitive"), ("ward_name", "standard"), ("hospital_id", "standard"), ("WardID", "standard"),
+    ("patient_name", "identifier"), ("name", "identifier"), ("visit_id", "identifier"), ("study_id", "identifier"),
+    ("name_id", "identifier"),
+])
+def test_names_and_ids_of_things_are_not_identifiers(name, tier):
+    assert classify(name)[0] == tier
