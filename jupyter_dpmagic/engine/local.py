@@ -20,7 +20,7 @@ __all__ = ["LocalEngine"]
 
 # Rows per block of fixed-point work: small enough to stay in cache, and a float64 sum of a block's
 # integer terms (each at most 2**23 in size) stays below 2**53, so it never rounds.
-_BLOCK = 2**16
+_BLOCK = 2**17
 
 _BINARY = {
     "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
@@ -36,7 +36,9 @@ class LocalEngine:
     def __init__(self, frame: pd.DataFrame):
         self._frame = frame
         self._n = len(frame)
-        self._codes_cache: dict = {}
+        # Facts about source columns (group codes, missing-value masks): the protected data never
+        # changes after protect(), so they are computed once.
+        self._source_cache: dict = {}
         self._unit_codes: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------------------------ public
@@ -117,18 +119,25 @@ class LocalEngine:
         value = self.evaluate(expr, cache)
         if not isinstance(value, pd.Series):
             return np.full(self._n, float(value))
+        if value.dtype == np.float64:
+            return value.to_numpy()  # a view: asking for na_value would copy the whole column
         return value.to_numpy(dtype="float64", na_value=np.nan)
 
     def _notna(self, expr: Expr, cache: dict) -> np.ndarray | None:
+        """Rows where ``expr`` has a value (None: all rows). Cached for source columns, which never change."""
+        if isinstance(expr, Col) and ("present", expr) in self._source_cache:
+            return self._source_cache[("present", expr)]
         value = self.evaluate(expr, cache)
         if not isinstance(value, pd.Series):
             return None if pd.notna(value) else np.zeros(self._n, dtype=bool)
         if value.dtype.kind == "f":
-            arr = value.to_numpy()
-            present = ~np.isnan(arr)
-            return None if present.all() else present
-        present = value.notna().to_numpy()
-        return None if present.all() else present
+            present = ~np.isnan(value.to_numpy())
+        else:
+            present = value.notna().to_numpy()
+        present = None if present.all() else present
+        if isinstance(expr, Col):
+            self._source_cache[("present", expr)] = present
+        return present
 
     def _where(self, predicates, cache) -> np.ndarray | None:
         rows = None
@@ -148,8 +157,8 @@ class LocalEngine:
         if not keys:
             return None, 1, True
         token = ("groups", keys)
-        if token in self._codes_cache:
-            return self._codes_cache[token]
+        if token in self._source_cache:
+            return self._source_cache[token]
         codes = None
         stride = 1
         for key in reversed(keys):
@@ -163,20 +172,20 @@ class LocalEngine:
         codes = codes.astype(_code_dtype(stride), copy=False)
         result = (codes, stride, bool(codes.min(initial=0) >= 0))
         if all(isinstance(k.expr, Col) for k in keys):
-            self._codes_cache[token] = result
+            self._source_cache[token] = result
         return result
 
     def _key_codes(self, key, cache) -> np.ndarray:
         # Source columns never change after protect(), so their codes are cached across queries.
         cacheable = isinstance(key.expr, Col)
         token = (key.expr, key.categories)
-        if cacheable and token in self._codes_cache:
-            return self._codes_cache[token]
+        if cacheable and token in self._source_cache:
+            return self._source_cache[token]
         values = self.evaluate(key.expr, cache)
         index = pd.Index(list(key.categories))
         codes = index.get_indexer(pd.Index(values)).astype(_code_dtype(len(key.categories)))
         if cacheable:
-            self._codes_cache[token] = codes
+            self._source_cache[token] = codes
         return codes
 
     # ------------------------------------------------------------------------ contribution bounds
@@ -244,29 +253,60 @@ def _as_bool(value):
 def _fixed_sums(values: np.ndarray, prim: FixedSum, group: np.ndarray | None, n_groups: int) -> list[int]:
     """Exact per-group sums of the fixed-point terms of ``values`` (missing values already removed).
 
-    Each term is clamped, mapped to the integer grid and clamped again as an integer. Blocks that fit
-    in the CPU cache go through one reused buffer: no full-size temporary is ever allocated. A block's
-    float sum is exact (at most ``_BLOCK * limit`` < 2**53), and blocks are added as Python integers.
+    A term is ``rint(x / grid) - offset`` clamped to integer limits within ``[-limit, limit]`` (for
+    variances, the centred square is taken first). Blocks that fit in the CPU cache go through one
+    reused buffer, so no full-size temporary is allocated; a block's float sum of integers stays below
+    2**53 and is exact, and blocks are added as Python integers.
     """
     totals = [0] * n_groups
     buf = np.empty(min(_BLOCK, len(values)), dtype=np.float64)
     inverse = 1.0 / prim.grid
+    plain = _plain_terms(prim, inverse)
     for start in range(0, len(values), _BLOCK):
         block = buf[:min(_BLOCK, len(values) - start)]
-        np.clip(values[start:start + len(block)], prim.low, prim.high, out=block)
-        if prim.square:
-            block -= prim.centre
-            np.square(block, out=block)
-        block -= prim.shift
-        block *= inverse
-        np.clip(block, -prim.limit, prim.limit, out=block)
+        rows = values[start:start + len(block)]
+        if plain is not None:
+            # One multiply, one clamp, one rounding: the offset is an integer, so it is taken off
+            # the sums afterwards instead of off every row.
+            offset, low, high = plain
+            with np.errstate(over="ignore"):  # a huge value becomes +-inf, then the clamp's bound
+                np.multiply(rows, inverse, out=block)
+            np.clip(block, low + offset, high + offset, out=block)
+        else:
+            np.clip(rows, prim.low, prim.high, out=block)
+            if prim.square:
+                block -= prim.centre
+                np.square(block, out=block)
+            block -= prim.shift
+            block *= inverse
+            np.clip(block, -prim.limit, prim.limit, out=block)
+            offset = 0
         np.rint(block, out=block)
         if group is None:
-            totals[0] += int(np.sum(block))
+            totals[0] += int(np.sum(block)) - offset * len(block)
         else:
-            part = np.bincount(group[start:start + len(block)], weights=block, minlength=n_groups)
-            totals = [t + int(p) for t, p in zip(totals, part)]
+            rows_group = group[start:start + len(block)]
+            part = np.bincount(rows_group, weights=block, minlength=n_groups)
+            counts = np.bincount(rows_group, minlength=n_groups) if offset else [0] * n_groups
+            totals = [t + int(p) - offset * int(c) for t, p, c in zip(totals, part, counts)]
     return totals
+
+
+def _plain_terms(prim: FixedSum, inverse: float):
+    """``(offset, low, high)`` integers for the fast form of non-squared terms, or None.
+
+    Terms are ``clip(rint(x * inverse), low + offset, high + offset) - offset`` with
+    ``-limit <= low <= high <= limit``, so each term's size is bounded by ``limit`` exactly. None when
+    the values on the grid would be too large for a block's float sum to stay exact.
+    """
+    if prim.square:
+        return None
+    offset = round(prim.shift * inverse)
+    low = max(-prim.limit, round(prim.low * inverse) - offset)
+    high = min(prim.limit, round(prim.high * inverse) - offset)
+    if low > high or (max(abs(low + offset), abs(high + offset)) + 1) * _BLOCK >= 2**53:
+        return None
+    return offset, low, high
 
 
 def _quantile_scores(values: np.ndarray, prim: QuantileScores) -> list[int]:
