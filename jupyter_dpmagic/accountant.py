@@ -440,7 +440,21 @@ class BudgetStatus:
         if self.rho_total is not None:
             rho_left = max(0.0, self.rho_total - (self.rho_spent or 0.0))
             rows.append(("rho (zCDP)", _num(self.rho_spent or 0.0), _num(self.rho_total), _num(rho_left)))
+            share = self.epsilon_share_spent
+            rows.append(("epsilon asked", _num(share), _num(self.epsilon_total),
+                         _num(max(0.0, self.epsilon_total - share))))
         return rows
+
+    @property
+    def epsilon_share_spent(self) -> float:
+        """For zCDP budgets: the epsilons releases asked for, added up (their share of the budget).
+
+        Releases whose epsilons add up to ``epsilon_total`` use all of the budget's rho, so this is
+        what is left to ask for; ``epsilon_spent`` is the guarantee those releases give together.
+        """
+        if self.rho_total is None:
+            return self.epsilon_spent
+        return self.epsilon_total * (self.rho_spent or 0.0) / self.rho_total
 
     def _title(self) -> str:
         kind = "pure epsilon" if self.mode == "pure" else "zCDP"
@@ -658,8 +672,8 @@ class Accountant:
         current = self.ledger.budget(name=record.name, user=record.user)
         needed, left = error.needed_units / UNITS_PER_ONE, error.remaining_units / UNITS_PER_ONE
         if cost.delta == 0:
-            # A release without delta costs rho = epsilon**2 / 2.
-            fits = math.sqrt(2.0 * left)
+            # Without a delta of its own, a release's epsilon is its share of the budget's rho.
+            fits = current.epsilon_total * left * UNITS_PER_ONE / current.cap_units
         else:
             fits = rho_to_epsilon(left, cost.delta) if left > 0 else 0.0
         needs = f"this release needs zCDP rho {_num(needed)} (epsilon {_num(cost.epsilon)})"
