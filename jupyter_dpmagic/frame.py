@@ -34,6 +34,8 @@ _DISTINCT = "the distinct values of a column come from the data; declare them wi
             "categories={'col': [...]} in dp.protect (or the policy) and use value_counts() inside %%dp."
 _EXTREME = "the minimum and maximum are single patients' values; use quantile(0.01) or quantile(0.99) " \
            "inside %%dp for a DP estimate of the range."
+_NOT_YET = "it has no DP version here yet; build it from releases inside %%dp: count(), mean(), std(), " \
+           "quantile([0.25, 0.5, 0.75]), groupby(...).mean() (each is charged to the budget)."
 _FUNCTION = "a Python function could see raw values; write the transformation with column arithmetic, " \
             "clip(), fillna(), isin(), between() or astype(), which work row by row on private data."
 
@@ -41,8 +43,7 @@ _REFUSED = {
     **dict.fromkeys(["head", "tail", "sample", "iterrows", "itertuples", "nlargest", "nsmallest",
                      "first", "last", "first_valid_index", "last_valid_index", "take", "xs", "get",
                      "info", "memory_usage", "duplicated", "drop_duplicates", "equals", "compare",
-                     "squeeze", "item", "to_frame_raw", "corr", "cov", "describe", "plot", "hist",
-                     "mode", "explode", "pivot", "pivot_table", "melt", "merge", "join", "sort_values",
+                     "squeeze", "item", "mode", "explode", "pivot", "melt", "sort_values",
                      "sort_index", "rank", "cumsum", "cumprod", "cummax", "cummin", "diff", "shift",
                      "pct_change", "rolling", "expanding", "ewm", "resample", "reset_index", "set_index",
                      "reindex", "searchsorted", "argsort", "argmin", "argmax", "factorize"], _ROWS),
@@ -51,8 +52,9 @@ _REFUSED = {
                      "to_records", "to_string", "to_markdown", "to_html", "to_clipboard", "to_latex",
                      "to_xarray", "to_feather", "to_hdf", "to_stata", "to_orc", "to_period",
                      "to_timestamp"], _EXPORT),
-    **dict.fromkeys(["unique", "nunique", "value_counts_raw", "drop_duplicates"], _DISTINCT),
+    **dict.fromkeys(["unique", "nunique", "drop_duplicates"], _DISTINCT),
     **dict.fromkeys(["min", "max", "idxmin", "idxmax"], _EXTREME),
+    **dict.fromkeys(["describe", "corr", "cov", "plot", "hist", "merge", "join", "pivot_table"], _NOT_YET),
     **dict.fromkeys(["apply", "map", "applymap", "transform", "agg", "aggregate", "pipe", "where",
                      "mask", "combine", "eval", "query"], _FUNCTION),
 }
