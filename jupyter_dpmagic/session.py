@@ -167,7 +167,8 @@ class Session:
             raise PolicyError(f"max_rows_per_unit must be a whole number >= 1 (got {max_rows_per_unit!r}).")
         if max_rows_per_unit > 1 and privacy_unit is None:
             raise PolicyError("max_rows_per_unit needs privacy_unit= (the column that names the person).")
-        # pandas copy-on-write makes this shallow copy immune to later edits of the caller's frame.
+        # pandas 3 copy-on-write (hence pandas>=3) makes this shallow copy immune to later edits of
+        # the caller's frame, without doubling the memory.
         data = frame.copy(deep=False)
         with self._lock:
             record = self.accountant.open(name=name, user=current_user(), fingerprint=fingerprint(data),
