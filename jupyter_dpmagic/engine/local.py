@@ -20,7 +20,7 @@ __all__ = ["LocalEngine"]
 
 # Rows per block of fixed-point work: small enough to stay in cache, and a float64 sum of a block's
 # integer terms (each at most 2**23 in size) stays below 2**53, so it never rounds.
-_BLOCK = 2**17
+_BLOCK = 2**18
 
 _BINARY = {
     "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
