@@ -11,8 +11,9 @@ Choices, with the reasons:
 * Means and variances centre values on the middle of the bounds: under add/remove neighbours that
   halves the sum's sensitivity. The mean gives 80% of its loss to the centred sum and 20% to the count.
   The count's noise only matters in proportion to how far the mean lies from the centre, so a sum-heavy
-  split is best near the centre; 80/20 stays within 1.12x of the best split's error when the mean is in
-  the middle 60% of the bounds and within 1.8x at the very edge (where 50/50 is best).
+  split is best near the centre; 80/20 keeps the error's standard deviation within 1.25x of the best
+  split's whenever the mean lies in the middle 40% of the bounds, and within 1.82x at the very edge
+  (where 50/50 would be best). No split can know where the mean is without spending on it.
 * Quantiles use the exponential mechanism over 1025 public candidates spread evenly on the bounds; its
   accuracy is stated in ranks (rows) relative to the best candidate, because turning ranks into values,
   or saying how far the best candidate lies from the true quantile, would need the data.
