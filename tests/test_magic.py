@@ -113,3 +113,28 @@ def test_the_environment_variable_wins_over_config(shell, tmp_path, ledger_path)
         assert ledger_path.exists() and not other.exists()
     finally:
         run(shell, "%config DPMagics.ledger = ''")
+
+
+def test_protect_with_unit_and_policy_file(shell, tmp_path):
+    policy = tmp_path / "hospital.toml"
+    policy.write_text('[columns.stay_days]\ntier = "sensitive"\nbounds = [0, 60]\n')
+    shell.user_ns["visits"] = shell.user_ns["hospital"].assign(pid=lambda d: d.patient_id // 4)
+    result = run(shell, f"%dp protect visits --name unit_policy --epsilon 5 --policy {policy} --unit pid --max-rows 2")
+    assert result.success, result.error_in_exec
+    result = run(shell, "%%dp --epsilon 0.5\nvisits.stay_days.mean()")
+    assert result.success, result.error_in_exec
+    info = dp.info(result.result)
+    assert info.tier == "sensitive" and "2 row(s) per 'pid'" in " ".join(info.notes)
+    assert "identifier (privacy unit)" in repr(shell.user_ns["visits"])
+
+
+def test_grouped_releases_render_intervals(shell, dataset_name):
+    run(shell, protect_cell(dataset_name))
+    series = run(shell, "%%dp --epsilon 0.5\ndf.groupby('ward').age.mean()").result
+    frame = run(shell, "%%dp --epsilon 0.5\ndf.groupby('ward')[['age', 'bmi']].mean()").result
+    for release in (series, frame):
+        html = release._repr_html_()
+        assert "ε=0.5" in html and "discrete Laplace" in html and "cardio" in html
+    assert "95% CI low" in series._repr_html_() and "[" in frame._repr_html_()
+    assert "-- DP release" in repr(series)
+    assert type(series * 2) is not type(series)  # derived values are plain pandas objects
