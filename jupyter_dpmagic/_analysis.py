@@ -74,7 +74,14 @@ def kind_of(expr: Expr, schema: Mapping[str, str]) -> str:
         if inner not in (NUMERIC, BOOL):
             raise PolicyError(f"'{expr.op}' needs a numeric column, not a {inner} one.")
         return NUMERIC
-    if isinstance(expr, (IsIn, Between, IsNA)):
+    if isinstance(expr, Between):
+        inner = kind_of(expr.operand, schema)
+        for end in (expr.low, expr.high):
+            if end is not None and not _comparable(inner, _literal_kind(end)):
+                raise PolicyError(f"between() compares {inner} values with {end!r}; use bounds of the "
+                                  "same kind as the column (numbers for numbers, text for text).")
+        return BOOL
+    if isinstance(expr, (IsIn, IsNA)):
         kind_of(expr.operand, schema)
         return BOOL
     if isinstance(expr, Clip):
@@ -83,7 +90,13 @@ def kind_of(expr: Expr, schema: Mapping[str, str]) -> str:
             raise PolicyError(f"clip() needs a numeric column, not a {inner} one.")
         return NUMERIC
     if isinstance(expr, FillNA):
-        return kind_of(expr.operand, schema)
+        inner = kind_of(expr.operand, schema)
+        fill = _literal_kind(expr.value)
+        if not ({inner, fill} <= {NUMERIC, BOOL} or inner == fill):
+            # Mixing kinds would make later steps fail or not depending on which rows are missing.
+            raise PolicyError(f"fillna({expr.value!r}) would put {fill} values into a {inner} column; "
+                              "fill with a value of the column's kind.")
+        return inner
     if isinstance(expr, AsType):
         kind_of(expr.operand, schema)
         return BOOL if expr.dtype == "bool" else NUMERIC
@@ -135,19 +148,21 @@ def bounds_of(expr: Expr, column_bounds: Callable[[str], Interval | None],
             return (0.0 if lo <= 0 <= hi else min(abs(lo), abs(hi)), max(abs(lo), abs(hi)))
         if isinstance(node, Clip):
             inner = go(node.operand)
-            lo = node.low if node.low is not None else (inner[0] if inner else None)
-            hi = node.high if node.high is not None else (inner[1] if inner else None)
-            if lo is None or hi is None:
-                return None
-            if inner is not None:
-                lo, hi = max(lo, min(inner[0], hi)), min(hi, max(inner[1], lo))
-            return (float(lo), float(hi))
+            low = -math.inf if node.low is None else float(node.low)
+            high = math.inf if node.high is None else float(node.high)
+            if inner is None:
+                return (low, high)  # finite only when both sides were given
+            # Clipping [a, b] to [low, high] gives [clamp(a), clamp(b)], also when the level lies
+            # outside [a, b] (then the value is that level).
+            return (min(max(inner[0], low), high), min(max(inner[1], low), high))
         if isinstance(node, FillNA):
             inner = go(node.operand)
             if inner is None or not isinstance(node.value, (int, float)):
                 return None
             return _hull(inner[0], inner[1], float(node.value))
         if isinstance(node, AsType):
+            if node.dtype == "bool":
+                return (0.0, 1.0)
             inner = go(node.operand)
             if inner is None:
                 return None

@@ -26,7 +26,7 @@ import functools
 import html
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -599,6 +599,7 @@ class Accountant:
         purpose: str,
         tier_share: float | None = None,
         units: int | None = None,
+        tier_shares: Mapping[str, float | None] | None = None,
     ) -> ChargeRecord:
         """Charge ``cost`` to the budget of ``record``, durably, before anything is released.
 
@@ -616,6 +617,10 @@ class Accountant:
         units : int, optional
             The exact units to charge, when the caller calibrated its noise to at most that many
             (the release pipeline does); by default :meth:`units` of ``cost``.
+        tier_shares : mapping of str to float or None, optional
+            Every tier the release touched with the policy's largest share for it (None: no cap);
+            each capped tier's cap bounds all charges that touched it. Defaults to
+            ``{tier: tier_share}``.
 
         Returns
         -------
@@ -631,15 +636,9 @@ class Accountant:
         needed = self.units(record, cost)  # also refuses a cost this kind of budget cannot pay
         if units is None:
             units = needed
-        tier_cap_units = None
-        if tier_share is not None:
-            ok = isinstance(tier_share, numbers.Real) and not isinstance(tier_share, bool)
-            if not (ok and 0 <= tier_share <= 1):
-                raise PolicyError(
-                    f"tier_share must be a number from 0 to 1 (got {_shown(tier_share)}); it is the "
-                    "largest fraction of the budget the policy lets this tier spend"
-                )
-            tier_cap_units = math.floor(_decimal(float(tier_share)) * record.cap_units)
+        shares = dict(tier_shares) if tier_shares is not None else {tier: tier_share}
+        shares.setdefault(tier, tier_share)
+        tier_caps = {name: self._tier_cap(record, share) for name, share in shares.items()}
         if record.mode == "pure":
             rho = None
         else:
@@ -656,12 +655,24 @@ class Accountant:
                 mechanism=mechanism,
                 tier=tier,
                 purpose=purpose,
-                tier_cap_units=tier_cap_units,
+                tier_caps=tier_caps,
             )
         except BudgetExceededError as error:
             if record.mode == "pure":
                 raise
             raise self._in_epsilon(record, cost, error) from None
+
+    @staticmethod
+    def _tier_cap(record: BudgetRecord, share) -> int | None:
+        if share is None:
+            return None
+        ok = isinstance(share, numbers.Real) and not isinstance(share, bool)
+        if not (ok and 0 <= share <= 1):
+            raise PolicyError(
+                f"tier_share must be a number from 0 to 1 (got {_shown(share)}); it is the "
+                "largest fraction of the budget the policy lets this tier spend"
+            )
+        return math.floor(_decimal(float(share)) * record.cap_units)
 
     def _in_epsilon(
         self, record: BudgetRecord, cost: Cost, error: BudgetExceededError

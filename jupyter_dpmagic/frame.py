@@ -121,6 +121,10 @@ class _Private:
     __slots__ = ("_ds", "_where")
     __hash__ = None  # like pandas objects: == builds a condition, so these are not hashable
 
+    def __reduce_ex__(self, protocol):
+        raise PrivacyError("private data cannot be pickled or deep-copied: that would copy its rows. "
+                           "Protect the original DataFrame again where it is needed.")
+
     def _release(self, measures, *, by=(), epsilon=None, delta=None, shape="scalar", labels=(), notes=()):
         return get_session().release(self._ds, measures, where=self._where, by=by, epsilon=epsilon,
                                      delta=delta, shape=shape, labels=labels, notes=notes)
@@ -153,6 +157,9 @@ class _Private:
                     f"([columns.{label}] bounds = [low, high]), or pass bounds=(low, high) to this call, "
                     "or clip() the values first.")
             low, high = derived
+            if low > high:
+                raise PolicyError(f"the bounds derived for '{label}' are reversed ({low:g} > {high:g}); "
+                                  "pass bounds=(low, high) to this call.")
             if low == high:
                 raise PolicyError(f"'{label}' can only take the value {low:g}; there is nothing to estimate.")
         return cls(expr, low, high, **extra)
@@ -385,11 +392,13 @@ class PrivateFrame(_Private):
 
     def var(self, *, ddof: int = 1, epsilon=None, delta=None):
         """DP variance of each numeric column."""
+        ddof = _check_ddof(ddof)
         return self._per_column(lambda s: s._measure(P.Variance, None, ddof=ddof), numeric=True,
                                 epsilon=epsilon, delta=delta)
 
     def std(self, *, ddof: int = 1, epsilon=None, delta=None):
         """DP standard deviation of each numeric column."""
+        ddof = _check_ddof(ddof)
         return self._per_column(lambda s: s._measure(P.Variance, None, ddof=ddof, root=True), numeric=True,
                                 epsilon=epsilon, delta=delta)
 
@@ -405,6 +414,9 @@ class PrivateFrame(_Private):
     # ------------------------------------------------------------------------------ refusals etc.
     def __iter__(self):
         return iter(list(self._cols))  # like pandas: iterating a frame yields its column names
+
+    def __copy__(self):
+        return PrivateFrame(self._ds, self._cols, self._where)
 
     def __bool__(self):
         raise PrivacyError("the truth value of a private frame is ambiguous (and its emptiness is private); "
@@ -656,7 +668,10 @@ class PrivateSeries(_Private):
         return self._numeric_measure(cls, self._expr, self._label(), bounds, **extra)
 
     def __len__(self) -> int:
-        return int(self._release([P.Count()]))
+        # pandas calls len() on whatever it is handed (pd.Series(s), pd.DataFrame({...})); a release
+        # here would spend budget on a call that then fails, so only explicit releases count rows.
+        raise PrivacyError("len() of a private column is not a release: use s.size (a DP count of its rows) "
+                           "or s.count() (non-missing values) inside %%dp.")
 
     @property
     def shape(self):

@@ -26,7 +26,7 @@ import pathlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -76,6 +76,17 @@ CREATE TABLE IF NOT EXISTS charges (
 );
 -- Covers the per-tier SUM(units) done inside every tier-capped charge.
 CREATE INDEX IF NOT EXISTS charges_by_tier ON charges (name, user, tier, units);
+-- Every tier a charge's release touched (a release on 'age' filtered by 'diagnosis' touches both), so
+-- a tier's cap bounds everything that read its columns, not only releases where it was the strictest.
+CREATE TABLE IF NOT EXISTS charge_tiers (
+    charge_id INTEGER NOT NULL REFERENCES charges (id),
+    name      TEXT    NOT NULL,
+    user      TEXT    NOT NULL,
+    tier      TEXT    NOT NULL,
+    units     INTEGER NOT NULL CHECK (units > 0),
+    PRIMARY KEY (charge_id, tier)
+);
+CREATE INDEX IF NOT EXISTS charge_tiers_by_tier ON charge_tiers (name, user, tier, units);
 """
 
 
@@ -368,6 +379,7 @@ class SQLiteLedger:
         tier: str,
         purpose: str,
         tier_cap_units: int | None = None,
+        tier_caps: Mapping[str, int | None] | None = None,
     ) -> ChargeRecord:
         """Debit ``units`` from a budget and record the charge, durably, in one transaction.
 
@@ -384,6 +396,10 @@ class SQLiteLedger:
         tier_cap_units : int, optional
             If given, the units charged to ``tier`` on this budget, this charge included, must not
             exceed it.
+        tier_caps : mapping of str to int or None, optional
+            Every tier the release touched, with its cap in units (None: no cap). Each capped tier's
+            units, summed over all charges that touched it and this one, must not exceed its cap.
+            Defaults to ``{tier: tier_cap_units}``.
 
         Returns
         -------
@@ -400,10 +416,11 @@ class SQLiteLedger:
         """
         if not _is_int(units) or units <= 0:
             raise PolicyError(f"units must be a positive integer (got {units!r}); nothing was charged")
-        if tier_cap_units is not None and (not _is_int(tier_cap_units) or tier_cap_units < 0):
-            raise PolicyError(
-                f"tier_cap_units must be a non-negative integer or None (got {tier_cap_units!r})"
-            )
+        tier_caps = dict(tier_caps) if tier_caps is not None else {str(tier): tier_cap_units}
+        tier_caps.setdefault(str(tier), tier_cap_units)
+        for cap in tier_caps.values():
+            if cap is not None and (not _is_int(cap) or cap < 0):
+                raise PolicyError(f"tier caps must be non-negative integers or None (got {cap!r})")
         epsilon = _amount(epsilon, "epsilon", positive=False)
         delta = _amount(delta, "delta", positive=False)
         rho = None if rho is None else _amount(rho, "rho", positive=False)
@@ -415,13 +432,15 @@ class SQLiteLedger:
             if row is None:
                 raise _unknown_budget(conn, name, user)
             record = _budget(row)
-            if tier_cap_units is not None:
+            for capped, cap in sorted(tier_caps.items()):
+                if cap is None:
+                    continue
                 (tier_spent,) = conn.execute(
-                    "SELECT COALESCE(SUM(units), 0) FROM charges WHERE name = ? AND user = ? AND tier = ?",
-                    (name, user, tier),
+                    "SELECT COALESCE(SUM(units), 0) FROM charge_tiers WHERE name = ? AND user = ? AND tier = ?",
+                    (name, user, capped),
                 ).fetchone()
-                if tier_spent + units > tier_cap_units:
-                    raise _tier_exceeded(record, tier, units, tier_spent, tier_cap_units)
+                if tier_spent + units > cap:
+                    raise _tier_exceeded(record, capped, units, tier_spent, cap)
             # The WHERE clause is the budget check: it is evaluated under the write lock, so a
             # concurrent charge cannot slip in between reading spent_units and raising it.
             debited = units <= _MAX_UNITS and conn.execute(
@@ -437,6 +456,10 @@ class SQLiteLedger:
                 " purpose) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (when, name, user, query, mechanism, epsilon, delta, rho, units, tier, purpose),
             ).lastrowid
+            conn.executemany(
+                "INSERT INTO charge_tiers (charge_id, name, user, tier, units) VALUES (?, ?, ?, ?, ?)",
+                [(charge_id, name, user, str(t), units) for t in sorted(tier_caps)],
+            )
         return ChargeRecord(
             id=charge_id,
             time=when,
@@ -469,8 +492,16 @@ class SQLiteLedger:
         ]
 
     def tier_spent_units(self, *, name: str, user: str) -> dict[str, int]:
-        """Return the units charged to each tier of a budget (tiers never charged are absent)."""
-        return self._spent_by("tier", name, user)
+        """Return the units of the charges that touched each tier (tiers never touched are absent).
+
+        A release touching two tiers counts in both, so these can add up to more than was spent.
+        """
+        with self._snapshot() as conn:
+            rows = conn.execute(
+                "SELECT tier, SUM(units) FROM charge_tiers WHERE name = ? AND user = ? GROUP BY tier ORDER BY tier",
+                (name, user),
+            ).fetchall()
+        return {key: int(total) for key, total in rows}
 
     def purpose_spent_units(self, *, name: str, user: str) -> dict[str, int]:
         """Return the units charged for each purpose of a budget (purposes never charged are absent)."""

@@ -73,14 +73,13 @@ class Dataset:
 
     name: str
     user: str
-    frame: pd.DataFrame
+    frame: pd.DataFrame = field(repr=False)
     policy: Policy
     unit: str | None
     max_rows: int
     record: BudgetRecord
     engine: LocalEngine
     schema: dict  # column -> kind ("numeric", "bool", "text", "datetime", "other")
-    empty_columns: frozenset = field(default_factory=frozenset)
     _columns: dict = field(default_factory=dict, repr=False)
 
     def column(self, name: str):
@@ -165,6 +164,12 @@ class Session:
         if isinstance(max_rows_per_unit, bool) or not isinstance(max_rows_per_unit, (int, np.integer)) \
                 or max_rows_per_unit < 1:
             raise PolicyError(f"max_rows_per_unit must be a whole number >= 1 (got {max_rows_per_unit!r}).")
+        empty = [c for c in frame.columns if len(frame) and frame[c].isna().all()]
+        if empty:
+            # Said now, to whoever holds the data: refusing such a column later, at query time, would
+            # tell analysts that nobody has a value, a fact no noise would cover.
+            raise PolicyError(f"column(s) {', '.join(map(repr, empty))} hold no values at all; drop them "
+                              f"before protect(): df.drop(columns={empty!r}).")
         if max_rows_per_unit > 1 and privacy_unit is None:
             raise PolicyError("max_rows_per_unit needs privacy_unit= (the column that names the person).")
         # pandas 3 copy-on-write (hence pandas>=3) makes this shallow copy immune to later edits of
@@ -177,7 +182,6 @@ class Session:
                 name=name, user=record.user, frame=data, policy=policy, unit=privacy_unit,
                 max_rows=int(max_rows_per_unit), record=record, engine=LocalEngine(data),
                 schema={c: dtype_kind(t) for c, t in data.dtypes.items()},
-                empty_columns=frozenset(c for c in data.columns if len(data) and data[c].isna().all()),
             )
             self.datasets[name] = dataset
         return dataset
@@ -203,7 +207,8 @@ class Session:
             raise PrivacyError("this would release a number; run it inside a %%dp cell (or a "
                                "`with dp.spending():` block), where it is charged to the budget.")
         query = Query(dataset.name, tuple(measures), tuple(where), tuple(by), dataset.unit, dataset.max_rows)
-        tier = self._check_columns(dataset, query)
+        tiers = self._check_columns(dataset, query)
+        tier = dataset.policy.strictest(tiers)
         purpose, epsilon, delta = _parameters(dataset, scope, tier, epsilon, delta)
         record = dataset.record
         units = _release_units(record, epsilon, delta)
@@ -231,7 +236,7 @@ class Session:
         mechanism = " + ".join(sorted({n.name for n in noises}))
         charge = self.accountant.charge(record, cost, query=describe(query), mechanism=mechanism, tier=tier,
                                         purpose=purpose, units=units,
-                                        tier_share=dataset.policy.tier(tier).max_share)
+                                        tier_shares={t: dataset.policy.tier(t).max_share for t in tiers})
         for each in scope.chain():
             each.spent_units[key] = each.spent_units.get(key, 0) + units
 
@@ -249,8 +254,8 @@ class Session:
             charge_id=charge.id, notes=_notes(query) + tuple(notes))
         return _shape(outcomes, info, query.by, shape, labels)
 
-    def _check_columns(self, dataset: Dataset, query: Query) -> str:
-        """Refuse identifiers and empty columns; return the strictest tier the query touches."""
+    def _check_columns(self, dataset: Dataset, query: Query) -> set[str]:
+        """Refuse identifiers; return the tiers of the columns the query touches ({'standard'} if none)."""
         touched = columns_of(query.measures) | columns_of(query.where) | columns_of(query.by)
         tiers = []
         for name in sorted(touched):
@@ -260,11 +265,8 @@ class Session:
                     f"column '{name}' is an identifier ({resolved.tier_source}); identifiers are never "
                     "released, filtered on or grouped by. If it is not an identifier, give it another tier: "
                     f"policy=dp.Policy(columns={{'{name}': {{'tier': 'standard'}}}}).")
-            if name in dataset.empty_columns and name in columns_of(query.measures):
-                raise PolicyError(f"column '{name}' has no values (all were missing when the data was "
-                                  "protected), so there is nothing to release. Choose another column.")
             tiers.append(resolved.tier)
-        return dataset.policy.strictest(tiers)
+        return set(tiers) or {"standard"}
 
 
 def _parameters(dataset: Dataset, scope, tier: str, epsilon, delta) -> tuple[str, float, float]:

@@ -247,3 +247,41 @@ def test_privacy_unit_bounds_each_persons_rows(ledger_path):
     with dp.spending(epsilon=1.0):
         with pytest.raises(dp.PolicyError, match="identifier"):
             pf.pid.count()
+
+
+def test_a_tier_cap_bounds_every_release_that_touches_the_tier(protect_hospital):
+    policy = dp.Policy(tiers={"quasi-identifier": {"max_share": 0.02}})
+    pf = protect_hospital(epsilon=10.0, policy=policy)
+    with dp.spending(epsilon=0.1):
+        pf.age.mean()
+        pf.age.mean()
+        with pytest.raises(dp.BudgetExceededError, match="quasi-identifier"):
+            pf[pf.bmi.notna() | pf.bmi.isna()].age.mean()  # a sensitive filter does not move it out
+        with pytest.raises(dp.BudgetExceededError, match="quasi-identifier"):
+            pf.groupby("ward")["age"].mean()
+    assert dp.budget(pf.name).epsilon_spent == pytest.approx(0.2)
+
+
+def test_one_sided_clips_outside_the_bounds(protect_hospital, hospital):
+    pf = protect_hospital(epsilon=1e6)
+    with dp.spending(epsilon=BIG):
+        for constant in (lambda: pf.age.clip(lower=200).mean(), lambda: pf.age.clip(upper=-5).sum()):
+            with pytest.raises(dp.PolicyError, match="can only take the value"):
+                constant()
+        upper_half = pf.age.clip(lower=50).mean()
+        share = pf.age.astype(bool).mean()
+    assert_near(upper_half, hospital.age.clip(lower=50).mean())
+    assert dp.info(upper_half).ci_low >= 50
+    assert_near(share, hospital.age.astype(bool).mean())
+    assert dp.info(share).ci_high - dp.info(share).ci_low < 0.01  # bounds (0, 1), not the age bounds
+
+
+def test_pandas_constructors_spend_nothing(protect_hospital):
+    pf = protect_hospital()
+    with dp.spending(epsilon=0.1):
+        for attempt in (lambda: pd.Series(pf.age), lambda: pd.DataFrame({"a": pf.age}), lambda: len(pf.age)):
+            with pytest.raises(dp.PrivacyError):
+                attempt()
+        with pytest.raises(dp.PrivacyError, match="pickled"):
+            __import__("pickle").dumps(pf)
+    assert spent(pf.name) == (0.0, 0)

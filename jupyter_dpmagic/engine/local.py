@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from ..plan import ARITHMETIC
 from ..plan import (AsType, Between, BinOp, Clip, Col, Expr, FillNA, FixedSum, IsIn, IsNA, Lit, Query,
                     QuantileScores, RowCount, UnOp)
 
@@ -87,6 +88,12 @@ class LocalEngine:
             left, right = ev(expr.left), ev(expr.right)
             if expr.op in ("&", "|", "^"):
                 left, right = _as_bool(left), _as_bool(right)
+            elif expr.op in ARITHMETIC:
+                # In floats every arithmetic is total (no integer power or overflow errors), and the
+                # result does not depend on whether a missing value made pandas pick another dtype.
+                left, right = _as_float(left), _as_float(right)
+            elif expr.op in ("<", "<=", ">", ">="):
+                left, right = _as_text_if_text(left), _as_text_if_text(right)
             with np.errstate(all="ignore"):
                 result = _BINARY[expr.op](left, right)
             if expr.op in ("/", "//", "%", "**") and isinstance(result, pd.Series):
@@ -100,13 +107,19 @@ class LocalEngine:
         if isinstance(expr, IsIn):
             return ev(expr.operand).isin(list(expr.values))
         if isinstance(expr, Between):
-            return ev(expr.operand).between(expr.low, expr.high, inclusive=expr.inclusive)
+            return _as_text_if_text(ev(expr.operand)).between(expr.low, expr.high, inclusive=expr.inclusive)
         if isinstance(expr, IsNA):
             return ev(expr.operand).isna()
         if isinstance(expr, Clip):
             return ev(expr.operand).clip(expr.low, expr.high)
         if isinstance(expr, FillNA):
-            return ev(expr.operand).fillna(expr.value)
+            inner = ev(expr.operand)
+            if isinstance(inner, pd.Series):
+                if isinstance(expr.value, (int, float)) and inner.dtype.kind in "biuf" or inner.dtype == "boolean":
+                    inner = _as_float(inner)
+                elif isinstance(inner.dtype, pd.CategoricalDtype):
+                    inner = inner.astype(object)  # a fill value outside the categories must not fail
+            return inner.fillna(expr.value)
         if isinstance(expr, AsType):
             inner = ev(expr.operand)
             if expr.dtype.startswith(("int", "uint")):
@@ -242,6 +255,21 @@ def _and(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
     if a is None:
         return b
     return a if b is None else a & b
+
+
+def _as_float(value):
+    if isinstance(value, pd.Series):
+        return pd.Series(value.to_numpy(dtype="float64", na_value=np.nan), index=value.index)
+    if isinstance(value, (bool, int, float)) or type(value).__module__ == "numpy":
+        return float(value)
+    return value
+
+
+def _as_text_if_text(value):
+    """Text columns compare as pandas strings, so mixed Python objects cannot make a comparison fail."""
+    if isinstance(value, pd.Series) and (value.dtype == object or isinstance(value.dtype, pd.CategoricalDtype)):
+        return value.astype("string")
+    return value
 
 
 def _as_bool(value):
