@@ -11,6 +11,12 @@ import pytest
 _names = itertools.count()
 
 
+@pytest.fixture(autouse=True)
+def _never_the_users_ledger(tmp_path_factory, monkeypatch):
+    """No test may write into the real ledger in the Jupyter data directory."""
+    monkeypatch.setenv("DPMAGIC_LEDGER", str(tmp_path_factory.mktemp("ledger") / "default.sqlite"))
+
+
 @pytest.fixture
 def ledger_path(tmp_path, monkeypatch):
     path = tmp_path / "ledger.sqlite"
