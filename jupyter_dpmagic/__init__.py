@@ -10,6 +10,7 @@ In a notebook: ``%load_ext jupyter_dpmagic`` and run aggregations in ``%%dp`` ce
 
 from .accountant import BudgetStatus
 from .api import budget, history, policy, protect
+from .cohort import COHORT_BOUNDS, COHORT_CATEGORIES, synthetic_cohort
 from .context import spending
 from .errors import BudgetExceededError, PolicyError, PrivacyError
 from .frame import PrivateFrame, PrivateGroupBy, PrivateSeries
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "protect", "spending", "budget", "history", "policy", "info", "Policy",
+    "synthetic_cohort", "COHORT_BOUNDS", "COHORT_CATEGORIES",
     "PrivateFrame", "PrivateSeries", "PrivateGroupBy", "ReleaseInfo", "BudgetStatus",
     "PrivacyError", "BudgetExceededError", "PolicyError", "load_ipython_extension",
 ]
