@@ -141,6 +141,20 @@ class _Private:
     def _touches_identifier(self, expr) -> bool:
         return any(self._ds.column(c).tier == "identifier" for c in P.columns_of(expr))
 
+    def _aggregable(self, columns: Mapping, *, numeric: bool, example: str, exclude=()) -> tuple[list, tuple]:
+        """Columns an all-columns aggregation covers, and a note naming the identifiers it left out."""
+        names, skipped = [], []
+        for name, expr in columns.items():
+            if name in exclude:
+                continue
+            if self._touches_identifier(expr):
+                skipped.append(name)
+            elif not numeric or self._kind(expr) in (NUMERIC, BOOL):
+                names.append(name)
+        if not names:
+            raise PolicyError(f"no column to aggregate; {example}.")
+        return names, ((f"identifier columns left out: {', '.join(skipped)}",) if skipped else ())
+
     def _numeric_measure(self, cls, expr, label, bounds, **extra):
         kind = self._kind(expr)
         if kind not in (NUMERIC, BOOL):
@@ -366,16 +380,9 @@ class PrivateFrame(_Private):
         return self._row_count(epsilon, delta)
 
     def _per_column(self, make, *, numeric: bool, epsilon, delta):
-        names, skipped = [], []
-        for name, expr in self._cols.items():
-            if self._touches_identifier(expr):
-                skipped.append(name)
-            elif not numeric or self._kind(expr) in (NUMERIC, BOOL):
-                names.append(name)
-        if not names:
-            raise PolicyError("no column to aggregate; select numeric columns first, e.g. df[['age', 'bmi']].")
+        names, notes = self._aggregable(self._cols, numeric=numeric,
+                                        example="select numeric columns first, e.g. df[['age', 'bmi']]")
         measures = [make(self._series(n)) for n in names]
-        notes = (f"identifier columns left out: {', '.join(skipped)}",) if skipped else ()
         return self._release(measures, epsilon=epsilon, delta=delta, shape="series", labels=names, notes=notes)
 
     def count(self, *, epsilon=None, delta=None):
@@ -799,28 +806,20 @@ class PrivateGroupBy(_Private):
         raise AttributeError(f"'PrivateGroupBy' has no attribute or column '{name}'."
                              f"{close_match_hint(name, list(self._frame._cols))}")
 
-    def _targets(self, numeric: bool) -> list[str]:
+    def _targets(self, numeric: bool) -> tuple[list, tuple]:
         if isinstance(self._selection, str):
-            return [self._selection]
+            return [self._selection], ()
         if self._selection is not None:
-            return list(self._selection)
-        keys = {k.label for k in self._keys}
-        names = []
-        for name, expr in self._frame._cols.items():
-            if name in keys or self._touches_identifier(expr):
-                continue
-            if not numeric or self._kind(expr) in (NUMERIC, BOOL):
-                names.append(name)
-        if not names:
-            raise PolicyError("no column to aggregate; select one: df.groupby('ward')['age'].mean().")
-        return names
+            return list(self._selection), ()
+        return self._aggregable(self._frame._cols, numeric=numeric, exclude={k.label for k in self._keys},
+                                example="select one: df.groupby('ward')['age'].mean()")
 
     def _grouped(self, make, *, numeric: bool, epsilon, delta):
-        names = self._targets(numeric)
+        names, notes = self._targets(numeric)
         measures = [make(self._frame._series(n)) for n in names]
         single = isinstance(self._selection, str)
         return self._release(measures, by=self._keys, epsilon=epsilon, delta=delta,
-                             shape="series" if single else "frame", labels=names)
+                             shape="series" if single else "frame", labels=names, notes=notes)
 
     def size(self, *, epsilon=None, delta=None):
         """DP number of rows in each group."""

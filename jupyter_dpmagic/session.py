@@ -94,14 +94,6 @@ class Dataset:
         return resolved
 
 
-@dataclass(frozen=True)
-class Released:
-    """The result of :meth:`Session.release` before it is shaped into a user-facing object."""
-
-    outcomes: list
-    info: ReleaseInfo
-
-
 class Session:
     """Datasets protected in this process, the ledger they charge, and the release pipeline."""
 
@@ -214,7 +206,8 @@ class Session:
         units = _release_units(record, epsilon, delta)
         compiled = [compile_measure(m) for m in query.measures]
         primitives = [p for comp in compiled for p in comp.primitives]
-        noises = _calibrate(compiled, units, query, record.mode)
+        weights = [share / len(compiled) for comp in compiled for share in comp.shares]
+        noises = _calibrate(primitives, weights, units, query, record.mode)
         charged = units / UNITS_PER_ONE
         cost = Cost(epsilon=charged) if record.mode == "pure" else Cost(epsilon=epsilon, delta=delta, rho=charged)
         key = (dataset.name, dataset.user)
@@ -304,11 +297,9 @@ def _release_units(record: BudgetRecord, epsilon: float, delta: float) -> int:
     return _share_units(record, epsilon)
 
 
-def _calibrate(compiled, units: int, query: Query, mode: str) -> list:
-    """One OpenDP measurement per primitive, splitting ``units`` by the measures' shares."""
+def _calibrate(primitives, weights: list[float], units: int, query: Query, mode: str) -> list:
+    """One OpenDP measurement per primitive, splitting ``units`` in proportion to ``weights``."""
     measure = mechanisms.PURE if mode == "pure" else mechanisms.ZCDP
-    primitives = [p for comp in compiled for p in comp.primitives]
-    weights = [share / len(compiled) for comp in compiled for share in comp.shares]
     noises = []
     for prim, part in zip(primitives, _split_units(units, weights)):
         loss = Fraction(part, UNITS_PER_ONE)

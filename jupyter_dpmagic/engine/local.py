@@ -115,7 +115,8 @@ class LocalEngine:
         if isinstance(expr, FillNA):
             inner = ev(expr.operand)
             if isinstance(inner, pd.Series):
-                if isinstance(expr.value, (int, float)) and inner.dtype.kind in "biuf" or inner.dtype == "boolean":
+                numeric = inner.dtype.kind in "biuf" or inner.dtype == "boolean"
+                if numeric:  # the fill value's kind was checked against the column's before any data
                     inner = _as_float(inner)
                 elif isinstance(inner.dtype, pd.CategoricalDtype):
                     inner = inner.astype(object)  # a fill value outside the categories must not fail
