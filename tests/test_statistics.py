@@ -21,6 +21,7 @@ import math
 import re
 import sys
 import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -140,56 +141,13 @@ def _count_checks(zcdp=False, n=None):
     return _exact_interval_checks(np.concatenate(noise), np.concatenate(covered), halves[0], law, TEST_ALPHA)
 
 
-def test_count_pure_noise_has_claimed_scale():
-    require(*_count_checks().values())
-
-
-def test_count_pure_power_noise_below_interval(monkeypatch):
-    Broken(monkeypatch).scale(actual=0.7, reported=1.0)
-    checks = _count_checks()
-    reject(checks["coverage_high"], checks["bins"])
-
-
-def test_count_pure_power_noise_above_interval(monkeypatch):
-    Broken(monkeypatch).scale(actual=1.3, reported=1.0)
-    checks = _count_checks()
-    reject(checks["coverage_low"], checks["bins"])
-
-
-def test_count_pure_power_repeated_noise(monkeypatch):
-    Broken(monkeypatch).repeated()
-    checks = _count_checks(n=REPEATED_N)
-    reject(checks["bins"], checks["ks"])
-
-
-def test_count_zcdp_noise_has_claimed_scale():
-    require(*_count_checks(zcdp=True).values())
-
-
-def test_count_zcdp_power_noise_below_interval(monkeypatch):
-    Broken(monkeypatch).scale(actual=0.7, reported=1.0)
-    checks = _count_checks(zcdp=True)
-    reject(checks["coverage_high"], checks["bins"])
-
-
-def test_count_zcdp_power_noise_above_interval(monkeypatch):
-    Broken(monkeypatch).scale(actual=1.3, reported=1.0)
-    checks = _count_checks(zcdp=True)
-    reject(checks["coverage_low"], checks["bins"])
-
-
-def test_count_zcdp_power_repeated_noise(monkeypatch):
-    Broken(monkeypatch).repeated()
-    checks = _count_checks(zcdp=True, n=REPEATED_N)
-    reject(checks["bins"], checks["ks"])
-
-
 # ------------------------------------------------------------------------------------------ sums
 SUM_EPS = 0.5
 SUM_BOUNDS = (-4.0, 16.0)  # sensitivity max(|L|, |H|) = 16 on a grid of 16 / 2**23 = 2**-19 (exact)
 
 
-def _sum_checks(n=COUNT_N):
+def _sum_checks(n=None):
+    n = n or COUNT_N
     frame = _frame("sum", 400, -10, 30, step=0.25, missing_every=9)
     low_b, high_b = SUM_BOUNDS
     exact = float(frame["value"].clip(low_b, high_b).sum())
@@ -204,28 +162,6 @@ def _sum_checks(n=COUNT_N):
     assert dp.info(releases[0]).mechanism == law.name
     return _exact_interval_checks(noise, (low <= exact) & (exact <= high), _one_half_width(low, high, grid),
                                   law, TEST_ALPHA)
-
-
-def test_sum_noise_has_claimed_scale():
-    require(*_sum_checks().values())
-
-
-def test_sum_power_noise_below_interval(monkeypatch):
-    Broken(monkeypatch).scale(actual=0.7, reported=1.0)
-    checks = _sum_checks()
-    reject(checks["coverage_high"], checks["bins"])
-
-
-def test_sum_power_noise_above_interval(monkeypatch):
-    Broken(monkeypatch).scale(actual=1.3, reported=1.0)
-    checks = _sum_checks()
-    reject(checks["coverage_low"], checks["bins"])
-
-
-def test_sum_power_repeated_noise(monkeypatch):
-    Broken(monkeypatch).repeated()
-    checks = _sum_checks(n=REPEATED_N)
-    reject(checks["bins"], checks["ks"])
 
 
 # ------------------------------------------------------------------- means, variances (conservative)
@@ -388,7 +324,8 @@ def _group_frame():
     return pd.DataFrame({"grp": keys, "value": values})
 
 
-def _grouped_count_checks(n=600):  # 3600 noise draws
+def _grouped_count_checks(n=None):
+    n = n or 600  # 3600 noise draws
     frame = _group_frame()
     exact = frame["grp"].value_counts().reindex(GROUPS).to_numpy()
     pf = protect(frame, "groups", categories={"grp": GROUPS}, bounds={"value": (0, 100)})
@@ -401,28 +338,43 @@ def _grouped_count_checks(n=600):  # 3600 noise draws
                                   DiscreteLaplace(1.0 / GROUP_EPS), TEST_ALPHA)
 
 
-def test_grouped_count_noise_has_claimed_scale():
-    require(*_grouped_count_checks().values())
-
-
-def test_grouped_count_power_noise_below_interval(monkeypatch):
-    Broken(monkeypatch).scale(actual=0.7, reported=1.0)
-    checks = _grouped_count_checks()
-    reject(checks["coverage_high"], checks["bins"])
-
-
-def test_grouped_count_power_noise_above_interval(monkeypatch):
-    Broken(monkeypatch).scale(actual=1.3, reported=1.0)
-    checks = _grouped_count_checks()
-    reject(checks["coverage_low"], checks["bins"])
-
-
-def test_grouped_count_power_repeated_noise(monkeypatch):
+# Noise whose law is exact (counts, sums, grouped counts): each is checked for its claimed scale, and
+# shown to reject noise below (0.7x) or above (1.3x) the interval it reports and repeated noise.
+EXACT_LAWS = {
+    "count_pure": (_count_checks, REPEATED_N),
+    "count_zcdp": (partial(_count_checks, zcdp=True), REPEATED_N),
+    "sum": (_sum_checks, REPEATED_N),
     # One noise vector repeated: the pooled noise takes at most 6 values, so each bin's share is
     # k/6, never inside the first bin's acceptance band [0.364, 0.454]; KS: one atom of mass
     # >= 1/6 against steps of at most 0.025 leaves D >= 0.07 > 0.048. Both rejections are certain.
+    "grouped_count": (_grouped_count_checks, None),
+}
+
+
+@pytest.mark.parametrize("kind", EXACT_LAWS)
+def test_noise_has_claimed_scale(kind):
+    require(*EXACT_LAWS[kind][0]().values())
+
+
+@pytest.mark.parametrize("kind", EXACT_LAWS)
+def test_power_noise_below_interval(monkeypatch, kind):
+    Broken(monkeypatch).scale(actual=0.7, reported=1.0)
+    checks = EXACT_LAWS[kind][0]()
+    reject(checks["coverage_high"], checks["bins"])
+
+
+@pytest.mark.parametrize("kind", EXACT_LAWS)
+def test_power_noise_above_interval(monkeypatch, kind):
+    Broken(monkeypatch).scale(actual=1.3, reported=1.0)
+    checks = EXACT_LAWS[kind][0]()
+    reject(checks["coverage_low"], checks["bins"])
+
+
+@pytest.mark.parametrize("kind", EXACT_LAWS)
+def test_power_repeated_noise(monkeypatch, kind):
+    check, repeated_n = EXACT_LAWS[kind]
     Broken(monkeypatch).repeated()
-    checks = _grouped_count_checks()
+    checks = check(n=repeated_n)
     reject(checks["bins"], checks["ks"])
 
 
