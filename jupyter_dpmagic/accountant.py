@@ -18,6 +18,19 @@ and Whitehouse, Ramdas, Rogers & Wu 2023 for zCDP).
 All conversions err on the safe side: a charge is rounded up and a cap down to whole units of
 ``1e-12`` (of the decimal value a float prints as, see ``_decimal``), and the zCDP conversions are
 upper bounds on epsilon and delta, lower bounds on rho.
+
+A zCDP budget keeps ``SELECTION_DELTA_SHARE`` of its delta in reserve for releases that spend a
+delta of their own besides rho: DP partition selection, which shows a group only if its noisy
+count passes a threshold, is ``(rho, delta_sel)``-approximately zCDP (Bun & Steinke 2016,
+Definition 8.1: with probability at least ``1 - delta_sel`` over a coupling it behaves as a
+rho-zCDP release). Why the budget still holds under adaptive choice: each release's ``delta_sel``
+is fixed before it runs, and the ledger refuses any release that would take the deltas spent past
+the reserve, so by a union bound over the releases actually made (their deltas add up to at most
+the reserve whatever the analyst chose) the probability that any of them leaves its rho-zCDP
+coupling is at most the reserve. Outside that event every release is rho-zCDP, and the zCDP filter
+above keeps the total rho within the cap, which converts to ``(epsilon_total, conversion_delta)``.
+The whole interaction is therefore ``(epsilon_total, conversion_delta + reserve)``-DP, and
+``conversion_delta + reserve = delta_total``.
 """
 
 from __future__ import annotations
@@ -27,14 +40,16 @@ import html
 import math
 import numbers
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 
 from .errors import BudgetExceededError, PolicyError
-from .ledger import UNITS_PER_ONE, BudgetRecord, ChargeRecord, SQLiteLedger
+from .ledger import DELTA_UNITS_PER_ONE, UNITS_PER_ONE, BudgetRecord, ChargeRecord, SQLiteLedger
 
 __all__ = [
+    "SELECTION_DELTA_SHARE",
+    "SELECTION_RELEASES",
     "Accountant",
     "BudgetStatus",
     "Cost",
@@ -53,6 +68,12 @@ _ROUND_UP = 1.0 + 1e-12
 # epsilon_delta_to_rho gives up this relative fraction of rho so that the cap stays sound whatever
 # the residual error of bisection and of the conversion itself.
 _RHO_MARGIN = 1e-9
+
+SELECTION_DELTA_SHARE = 0.1
+"""Share of a zCDP budget's delta reserved for DP partition selection; the rest converts rho."""
+
+SELECTION_RELEASES = 100
+"""The partition-selection reserve is split into this many equal per-release deltas."""
 
 
 # -- exact units -----------------------------------------------------------------------------------
@@ -406,16 +427,32 @@ class BudgetStatus:
     name, user, mode : str
         The budget and its kind (``"pure"`` or ``"zcdp"``).
     epsilon_total, epsilon_spent, epsilon_remaining : float
-        In epsilon; for zCDP budgets ``epsilon_spent`` is the epsilon (at ``delta_total``) of
-        everything released so far.
+        In epsilon; for zCDP budgets ``epsilon_spent`` is the epsilon (at the budget's conversion
+        delta, see :attr:`BudgetRecord.conversion_delta`) of everything released so far.
     delta_total, delta_spent : float
-        ``delta_spent`` is the delta (at ``epsilon_total``) of everything released so far.
+        ``delta_spent`` is the delta (at ``epsilon_total``) of everything released so far: that of
+        the rho spent, plus the delta partition selection spent.
     rho_total, rho_spent : float or None
         zCDP amounts; None for pure budgets.
     releases : int
         Number of releases charged.
     tier_spent, purpose_spent : dict of str to float
-        Epsilon-equivalent spent per policy tier and per purpose.
+        Epsilon-equivalent spent per policy tier and per purpose (for zCDP budgets, the epsilon of
+        that rho on its own, as ``epsilon_spent``).
+    selection_delta_total, selection_delta_spent : float
+        The part of ``delta_total`` reserved for DP partition selection, and what it has spent of
+        it; 0 for pure budgets and for budgets without a reserve.
+    tier_remaining, purpose_remaining : dict of str to float
+        What each tier and purpose may still spend, given the tiers' caps and the purposes'
+        reserves, in the epsilon a release asks for: epsilon for pure budgets, the share of the
+        budget's rho for zCDP budgets (as in :attr:`epsilon_share_spent`). A tier may spend what is
+        left within its cap; a purpose what is left less what the other purposes' reserves still
+        hold (a reserve holds its share less what its purpose has spent).
+    tier_asked, purpose_asked : dict of str to float
+        The epsilons releases asked for per tier and per purpose, in the terms of the remaining
+        amounts; equal to ``tier_spent`` and ``purpose_spent`` for pure budgets.
+    tier_shares, purpose_reserves : dict of str to float
+        The tier caps and purpose reserves (shares of the budget) the remaining amounts allow for.
     """
 
     name: str
@@ -431,12 +468,24 @@ class BudgetStatus:
     releases: int
     tier_spent: dict[str, float]
     purpose_spent: dict[str, float]
+    selection_delta_total: float = 0.0
+    selection_delta_spent: float = 0.0
+    tier_remaining: dict[str, float] = field(default_factory=dict)
+    purpose_remaining: dict[str, float] = field(default_factory=dict)
+    tier_asked: dict[str, float] = field(default_factory=dict)
+    purpose_asked: dict[str, float] = field(default_factory=dict)
+    tier_shares: dict[str, float] = field(default_factory=dict)
+    purpose_reserves: dict[str, float] = field(default_factory=dict)
 
-    def _rows(self) -> list[tuple[str, str, str, str]]:
+    def _rows(self) -> list[tuple[str, ...]]:
         rows = [
             ("epsilon", _num(self.epsilon_spent), _num(self.epsilon_total), _num(self.epsilon_remaining)),
             ("delta", _num(self.delta_spent), _num(self.delta_total), ""),
         ]
+        if self.selection_delta_total > 0:
+            left = max(0.0, self.selection_delta_total - self.selection_delta_spent)
+            rows.append(("delta (partition selection)", _num(self.selection_delta_spent),
+                         _num(self.selection_delta_total), _num(left)))
         if self.rho_total is not None:
             rho_left = max(0.0, self.rho_total - (self.rho_spent or 0.0))
             rows.append(("rho (zCDP)", _num(self.rho_spent or 0.0), _num(self.rho_total), _num(rho_left)))
@@ -444,6 +493,24 @@ class BudgetStatus:
             rows.append(("epsilon asked", _num(share), _num(self.epsilon_total),
                          _num(max(0.0, self.epsilon_total - share))))
         return rows
+
+    def _breakdown(self) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+        """Header and rows of the per-tier and per-purpose table (no rows when nothing to show)."""
+        zcdp = self.rho_total is not None
+        header = ("", "spent", "asked", "remaining") if zcdp else ("", "spent", "remaining")
+        rows = []
+        for kind, spent, asked, remaining, shares, note in (
+            ("tier", self.tier_spent, self.tier_asked, self.tier_remaining, self.tier_shares, "max {}"),
+            ("purpose", self.purpose_spent, self.purpose_asked, self.purpose_remaining,
+             self.purpose_reserves, "{} reserved"),
+        ):
+            for key in [*remaining, *(k for k in spent if k not in remaining)]:
+                share = shares.get(key)
+                label = f"{kind} {key}" + (f" ({note.format(_percent(share))})" if share else "")
+                left = _num(remaining[key]) if key in remaining else ""
+                used = _num(spent.get(key, 0.0))
+                rows.append((label, used, _num(asked.get(key, 0.0)), left) if zcdp else (label, used, left))
+        return header, rows
 
     @property
     def epsilon_share_spent(self) -> float:
@@ -462,39 +529,50 @@ class BudgetStatus:
         return f"Privacy budget {self.name!r} of {self.user!r} ({kind}), {releases}"
 
     def __str__(self) -> str:
-        header = ("", "spent", "total", "remaining")
-        table = [header, *self._rows()]
-        widths = [max(len(row[i]) for row in table) for i in range(4)]
-        lines = [self._title()]
-        for row in table:
-            cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])]
-            lines.append("  " + "  ".join(cells).rstrip())
-        for label, spent in (("by tier", self.tier_spent), ("by purpose", self.purpose_spent)):
-            if spent:
-                lines.append(f"  {label}: " + ", ".join(f"{k} {_num(v)}" for k, v in spent.items()))
+        lines = [self._title(), *_aligned([("", "spent", "total", "remaining"), *self._rows()])]
+        header, rows = self._breakdown()
+        if rows:
+            lines += _aligned([header, *rows])
         return "\n".join(lines)
 
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        esc = html.escape
-        cells = "".join(
-            "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in self._rows()
-        )
-        extra = "".join(
-            f"<p>{label}: " + esc(", ".join(f"{k} {_num(v)}" for k, v in spent.items())) + "</p>"
-            for label, spent in (("by tier", self.tier_spent), ("by purpose", self.purpose_spent))
-            if spent
-        )
-        return (
-            f"<div><strong>{esc(self._title())}</strong>"
-            "<table><tr><th></th><th>spent</th><th>total</th><th>remaining</th></tr>"
-            f"{cells}</table>{extra}</div>"
-        )
+        parts = [f"<div><strong>{html.escape(self._title())}</strong>",
+                 _html_table(("", "spent", "total", "remaining"), self._rows())]
+        header, rows = self._breakdown()
+        if rows:
+            parts.append(_html_table(header, rows))
+        return "".join(parts) + "</div>"
+
+
+def _aligned(table: list[tuple[str, ...]]) -> list[str]:
+    """Text lines of a table: first column left-aligned, the numbers right-aligned."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = []
+    for row in table:
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])]
+        lines.append("  " + "  ".join(cells).rstrip())
+    return lines
+
+
+def _html_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    esc = html.escape
+    head = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table>{head}{body}</table>"
 
 
 def _num(x: float) -> str:
     return f"{x:.6g}"
+
+
+def _percent(share: float) -> str:
+    return f"{share * 100:.4g}%"
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class Accountant:
@@ -512,6 +590,13 @@ class Accountant:
     def open(self, *, name: str, user: str, fingerprint: str, epsilon: float, delta: float) -> BudgetRecord:
         """Register a budget of ``(epsilon, delta)`` for a dataset, or return the existing one.
 
+        A zCDP budget splits its delta in two. ``SELECTION_DELTA_SHARE`` of it (rounded down to
+        whole units of ``1 / DELTA_UNITS_PER_ONE``) is reserved for releases that spend a delta of
+        their own, DP partition selection; the rest is the *conversion delta*, at which the rho
+        cap is the largest rho whose zCDP guarantee implies ``(epsilon, conversion delta)``-DP.
+        Everything the budget allows together therefore stays ``(epsilon, delta)``-DP: the
+        conversion delta plus the reserve is ``delta``. A pure budget has no reserve.
+
         Parameters
         ----------
         name, user, fingerprint : str
@@ -524,6 +609,7 @@ class Accountant:
         Returns
         -------
         BudgetRecord
+            A budget registered earlier is returned as it was registered, caps and reserve included.
 
         Raises
         ------
@@ -533,9 +619,16 @@ class Accountant:
         epsilon = check_epsilon(epsilon)
         delta = check_delta(delta)
         if delta == 0:
-            mode, cap_units = "pure", units_floor(epsilon)
+            mode, cap_units, delta_cap_units = "pure", units_floor(epsilon), 0
         else:
-            mode, cap_units = "zcdp", units_floor(epsilon_delta_to_rho(epsilon, delta))
+            mode = "zcdp"
+            delta_cap_units = math.floor(
+                _decimal(delta) * _decimal(SELECTION_DELTA_SHARE) * DELTA_UNITS_PER_ONE
+            )
+            # In floating point the conversion delta may exceed delta minus the reserve by half an
+            # ulp (a relative 1e-16); the relative 1e-9 that epsilon_delta_to_rho gives up on rho
+            # covers that many times over.
+            cap_units = units_floor(epsilon_delta_to_rho(epsilon, delta * (1 - SELECTION_DELTA_SHARE)))
         if cap_units == 0:
             raise PolicyError(
                 f"epsilon={epsilon!r} with delta={delta!r} is too small to allow any release; "
@@ -549,6 +642,7 @@ class Accountant:
             epsilon_total=epsilon,
             delta_total=delta,
             cap_units=cap_units,
+            delta_cap_units=delta_cap_units,
         )
 
     def units(self, record: BudgetRecord, cost: Cost) -> int:
@@ -581,12 +675,34 @@ class Accountant:
     def cap_units(self, record: BudgetRecord, epsilon: float) -> int:
         """Return the units that a cap of ``epsilon`` means for this budget, rounded down.
 
-        For zCDP budgets the cap is the rho that guarantees ``(epsilon, record.delta_total)``-DP.
+        For zCDP budgets the cap is the rho that guarantees ``(epsilon, record.conversion_delta)``-DP.
         """
         epsilon = check_epsilon(epsilon)
         if record.mode == "pure":
             return units_floor(epsilon)
-        return units_floor(epsilon_delta_to_rho(epsilon, record.delta_total))
+        return units_floor(epsilon_delta_to_rho(epsilon, record.conversion_delta))
+
+    def selection_delta(self, record: BudgetRecord) -> float:
+        """Return the delta one DP partition selection on this budget may spend.
+
+        The budget's delta reserve split into ``SELECTION_RELEASES`` equal parts, rounded down to
+        whole units of ``1 / DELTA_UNITS_PER_ONE``, so that passing exactly this value as
+        ``selection_delta`` to :meth:`charge` lets ``SELECTION_RELEASES`` selections fit the reserve.
+
+        Parameters
+        ----------
+        record : BudgetRecord
+            The budget.
+
+        Returns
+        -------
+        float
+            The per-release delta; 0.0 for pure budgets and for budgets without a reserve, which
+            cannot pay for partition selection.
+        """
+        if record.mode == "pure" or record.delta_cap_units <= 0:
+            return 0.0
+        return (record.delta_cap_units // SELECTION_RELEASES) / DELTA_UNITS_PER_ONE
 
     def charge(
         self,
@@ -600,6 +716,8 @@ class Accountant:
         tier_share: float | None = None,
         units: int | None = None,
         tier_shares: Mapping[str, float | None] | None = None,
+        selection_delta: float = 0.0,
+        purpose_reserves: Mapping[str, float] | None = None,
     ) -> ChargeRecord:
         """Charge ``cost`` to the budget of ``record``, durably, before anything is released.
 
@@ -621,6 +739,16 @@ class Accountant:
             Every tier the release touched with the policy's largest share for it (None: no cap);
             each capped tier's cap bounds all charges that touched it. Defaults to
             ``{tier: tier_share}``.
+        selection_delta : float, default 0.0
+            The delta the release spends on DP partition selection, taken from the budget's delta
+            reserve (rounded up to whole units of ``1 / DELTA_UNITS_PER_ONE``). Use
+            :meth:`selection_delta`. Only zCDP budgets have a reserve.
+        purpose_reserves : mapping of str to float, optional
+            ``{purpose: share}`` from the policy: the share, in [0, 1), of the budget only that
+            purpose may spend; the shares add up to less than 1. All purposes but ``q`` may spend
+            ``floor((1 - share_q) * cap)`` units together, and a release must leave unspent what
+            every other reserved purpose has not yet used of its reserve (see
+            :meth:`SQLiteLedger.charge`).
 
         Returns
         -------
@@ -629,16 +757,24 @@ class Accountant:
         Raises
         ------
         BudgetExceededError
-            If the budget or the tier's share cannot pay; nothing is charged.
+            If the budget, a tier's share, a purpose's reserve or the delta reserve cannot pay;
+            nothing is charged.
         PolicyError
-            If the cost does not fit the budget's kind or ``tier_share`` is invalid.
+            If the cost does not fit the budget's kind, a share is invalid, or ``selection_delta``
+            is asked of a pure budget.
         """
         needed = self.units(record, cost)  # also refuses a cost this kind of budget cannot pay
         if units is None:
             units = needed
+        delta_units = self._delta_units(record, selection_delta)
         shares = dict(tier_shares) if tier_shares is not None else {tier: tier_share}
         shares.setdefault(tier, tier_share)
         tier_caps = {name: self._tier_cap(record, share) for name, share in shares.items()}
+        purpose_caps = {
+            q: self._purpose_cap(record, share)
+            for q, share in _checked_reserves(purpose_reserves).items()
+            if share > 0
+        }
         if record.mode == "pure":
             rho = None
         else:
@@ -656,11 +792,32 @@ class Accountant:
                 tier=tier,
                 purpose=purpose,
                 tier_caps=tier_caps,
+                delta_units=delta_units,
+                purpose_caps=purpose_caps,
             )
         except BudgetExceededError as error:
-            if record.mode == "pure":
+            # The delta reserve's message is already in delta, and pure budgets count in epsilon.
+            if record.mode == "pure" or getattr(error, "limit", None) == "selection_delta":
                 raise
             raise self._in_epsilon(record, cost, error) from None
+
+    @staticmethod
+    def _delta_units(record: BudgetRecord, selection_delta: object) -> int:
+        if not (_real(selection_delta) and math.isfinite(selection_delta) and 0 <= selection_delta < 1):
+            raise PolicyError(
+                f"selection_delta must be a finite number with 0 <= selection_delta < 1 (got "
+                f"{_shown(selection_delta)}); pass Accountant.selection_delta(record)"
+            )
+        if selection_delta == 0:
+            return 0
+        if record.mode == "pure":
+            raise PolicyError(
+                f"the budget of {record.name!r} is pure epsilon (delta=0), so it cannot pay the delta of "
+                "partition selection: declare the group's categories (categories={'col': [...]} in "
+                "dp.protect or the policy), or protect the data with a delta, e.g. delta=1e-6"
+            )
+        # Rounded up: a release is never charged less delta than it spends.
+        return math.ceil(_decimal(float(selection_delta)) * DELTA_UNITS_PER_ONE)
 
     @staticmethod
     def _tier_cap(record: BudgetRecord, share) -> int | None:
@@ -673,6 +830,11 @@ class Accountant:
                 "largest fraction of the budget the policy lets this tier spend"
             )
         return math.floor(_decimal(float(share)) * record.cap_units)
+
+    @staticmethod
+    def _purpose_cap(record: BudgetRecord, share: float) -> int:
+        """Units that all purposes other than the reserved one may spend together, rounded down."""
+        return math.floor((1 - _decimal(share)) * record.cap_units)
 
     def _in_epsilon(
         self, record: BudgetRecord, cost: Cost, error: BudgetExceededError
@@ -692,14 +854,21 @@ class Accountant:
             f"nothing was charged. Ask for less with epsilon=... (at most about epsilon={_num(fits)} "
             "fits now), or run %dp budget to see what is left."
         )
-        tier = getattr(error, "tier", None)
-        if tier is None:
+        tier, purpose = getattr(error, "tier", None), getattr(error, "purpose", None)
+        if purpose is not None:
+            message = (
+                f"the rest of the budget for {record.name!r} is reserved for purpose {purpose!r}; {needs} "
+                f"but only rho {_num(left)} remains for other purposes. If this release is for "
+                f"{purpose!r}, run it with %%dp --purpose {purpose} (or dp.spending(purpose={purpose!r})); "
+                f"otherwise {advice}"
+            )
+        elif tier is None:
             spent = self.epsilon_of_units(current, current.spent_units)
             epsilon_left = max(0.0, current.epsilon_total - spent)
             message = (
                 f"{needs} but only rho {_num(left)} remains of the budget for {record.name!r} "
                 f"(about epsilon {_num(epsilon_left)} of epsilon {_num(current.epsilon_total)} at "
-                f"delta {_num(current.delta_total)}); {advice}"
+                f"delta {_num(current.conversion_delta)}); {advice}"
             )
         else:
             message = (
@@ -707,40 +876,72 @@ class Accountant:
                 f"{needs} but only rho {_num(left)} of the tier's share remains, so {advice}"
             )
         new = BudgetExceededError(message)
-        new.needed_units, new.remaining_units, new.tier = error.needed_units, error.remaining_units, tier
+        new.limit = getattr(error, "limit", None)
+        new.needed_units, new.remaining_units = error.needed_units, error.remaining_units
+        new.tier, new.purpose = tier, purpose
         return new
 
     def epsilon_of_units(self, record: BudgetRecord, units: int) -> float:
         """Return the epsilon that ``units`` of this budget amount to, at most ``epsilon_total``.
 
-        Pure budgets: ``units / UNITS_PER_ONE``. zCDP budgets: the epsilon, at ``delta_total``, of
-        that much rho.
+        Pure budgets: ``units / UNITS_PER_ONE``. zCDP budgets: the epsilon, at the budget's
+        conversion delta (:attr:`BudgetRecord.conversion_delta`), of that much rho.
         """
         if units <= 0:
             return 0.0
         amount = units / UNITS_PER_ONE
         if record.mode == "pure":
             return amount
-        return min(record.epsilon_total, rho_to_epsilon(amount, record.delta_total))
+        return min(record.epsilon_total, rho_to_epsilon(amount, record.conversion_delta))
 
-    def status(self, *, name: str, user: str) -> BudgetStatus:
+    def status(
+        self,
+        *,
+        name: str,
+        user: str,
+        tier_shares: Mapping[str, float | None] | None = None,
+        purpose_reserves: Mapping[str, float] | None = None,
+    ) -> BudgetStatus:
         """Return what is spent and left of the budget of dataset ``name`` for ``user``.
+
+        Parameters
+        ----------
+        name, user : str
+            The budget.
+        tier_shares : mapping of str to float or None, optional
+            The policy's cap on each tier's share of the budget (None: no cap), as passed to
+            :meth:`charge`. Named tiers are shown even if they have spent nothing.
+        purpose_reserves : mapping of str to float, optional
+            The policy's reserved share for each purpose, as passed to :meth:`charge`. Named
+            purposes are shown even if they have spent nothing (a share of 0 names a purpose
+            without reserving anything).
+
+        Returns
+        -------
+        BudgetStatus
+            Remaining amounts per tier and per purpose are given for the tiers and purposes named
+            here and for those that have spent something.
 
         Raises
         ------
         PolicyError
-            If there is no such budget.
+            If there is no such budget, or a share is invalid.
         """
         record = self.ledger.budget(name=name, user=user)
         tiers = self.ledger.tier_spent_units(name=name, user=user)
         purposes = self.ledger.purpose_spent_units(name=name, user=user)
+        tier_shares = dict(tier_shares or {})
+        reserves = _checked_reserves(purpose_reserves)
         spent = self.epsilon_of_units(record, record.spent_units)
         if record.mode == "pure":
             delta_spent, rho_total, rho_spent = 0.0, None, None
         else:
             rho_total = record.cap_units / UNITS_PER_ONE
             rho_spent = record.spent_units / UNITS_PER_ONE
-            delta_spent = min(record.delta_total, rho_to_delta(rho_spent, record.epsilon_total))
+            converted = min(record.conversion_delta, rho_to_delta(rho_spent, record.epsilon_total))
+            delta_spent = converted + record.delta_spent_units / DELTA_UNITS_PER_ONE
+        tier_left = self._tiers_left(record, tiers, tier_shares)
+        purpose_left = self._purposes_left(record, purposes, reserves)
         return BudgetStatus(
             name=record.name,
             user=record.user,
@@ -755,4 +956,67 @@ class Accountant:
             releases=record.releases,
             tier_spent={k: self.epsilon_of_units(record, v) for k, v in tiers.items()},
             purpose_spent={k: self.epsilon_of_units(record, v) for k, v in purposes.items()},
+            selection_delta_total=record.delta_cap_units / DELTA_UNITS_PER_ONE,
+            selection_delta_spent=record.delta_spent_units / DELTA_UNITS_PER_ONE,
+            tier_remaining={k: _asked(record, v) for k, v in tier_left.items()},
+            purpose_remaining={k: _asked(record, v) for k, v in purpose_left.items()},
+            tier_asked={k: _asked(record, v) for k, v in tiers.items()},
+            purpose_asked={k: _asked(record, v) for k, v in purposes.items()},
+            tier_shares={k: float(v) for k, v in tier_shares.items() if v is not None},
+            purpose_reserves={k: v for k, v in reserves.items() if v > 0},
         )
+
+    def _tiers_left(
+        self, record: BudgetRecord, spent: Mapping[str, int], shares: Mapping[str, float | None]
+    ) -> dict[str, int]:
+        """Units each named or spent tier may still take: the budget's rest, within the tier's cap."""
+        left = record.cap_units - record.spent_units
+        result = {}
+        for tier in [*shares, *(t for t in spent if t not in shares)]:
+            cap = self._tier_cap(record, shares.get(tier))
+            result[tier] = left if cap is None else max(0, min(left, cap - spent.get(tier, 0)))
+        return result
+
+    def _purposes_left(
+        self, record: BudgetRecord, spent: Mapping[str, int], reserves: Mapping[str, float]
+    ) -> dict[str, int]:
+        """Units each named or spent purpose may still take, given every other purpose's reserve.
+
+        The rule the ledger enforces: a purpose may spend what is left of the budget less what each
+        other reserved purpose still holds (its reserve less what it has spent itself).
+        """
+        left = record.cap_units - record.spent_units
+        held = {
+            q: max(0, record.cap_units - self._purpose_cap(record, share) - spent.get(q, 0))
+            for q, share in reserves.items()
+            if share > 0
+        }
+        return {
+            purpose: max(0, left - sum(units for q, units in held.items() if q != purpose))
+            for purpose in [*reserves, *(p for p in spent if p not in reserves)]
+        }
+
+
+def _asked(record: BudgetRecord, units: int) -> float:
+    """The epsilon releases ask for to spend ``units``: epsilon itself, or their share of the rho cap."""
+    if record.mode == "pure":
+        return units / UNITS_PER_ONE
+    return record.epsilon_total * units / record.cap_units
+
+
+def _checked_reserves(reserves: Mapping[str, float] | None) -> dict[str, float]:
+    """Purpose reserves as floats, each in [0, 1) and adding up to less than 1."""
+    checked = {}
+    for purpose, share in (reserves or {}).items():
+        if not (_real(share) and 0 <= share < 1):
+            raise PolicyError(
+                f"the reserve of purpose {purpose!r} must be a number with 0 <= reserve < 1 (got "
+                f"{_shown(share)}); it is the share of the budget only that purpose may spend"
+            )
+        checked[str(purpose)] = float(share)
+    if sum(_decimal(s) for s in checked.values()) >= 1:
+        raise PolicyError(
+            f"the purpose reserves {checked} add up to 1 or more, which would leave no purpose free to "
+            "spend; lower them so that they add up to less than 1"
+        )
+    return checked

@@ -2,7 +2,9 @@
 
 A budget belongs to one (dataset name, user) pair. Its size and what has been spent are integers
 in units of ``1 / UNITS_PER_ONE`` of epsilon (pure budgets) or of zCDP rho (approximate budgets);
-this module does not care which, :mod:`jupyter_dpmagic.accountant` does the conversions.
+this module does not care which, :mod:`jupyter_dpmagic.accountant` does the conversions. An
+approximate budget may also hold a reserve of delta, in units of ``1 / DELTA_UNITS_PER_ONE``, that
+releases which spend a delta of their own (DP partition selection) draw on.
 
 Guarantees
 ----------
@@ -10,11 +12,14 @@ Guarantees
   returns, so a caller that releases a value only after ``charge`` returned can never have released
   something that is not on record, even if the process dies right after.
 * The debit is one ``BEGIN IMMEDIATE`` transaction holding the database write lock: the conditional
-  ``UPDATE ... WHERE spent_units + ? <= cap_units``, the tier check and the insert of the charge row
-  either all happen or none does. Processes racing on one budget therefore never exceed it, and a
-  refused charge leaves no trace.
+  ``UPDATE ... WHERE spent_units + ? <= cap_units AND delta_spent_units + ? <= delta_cap_units``, the
+  tier and purpose-reserve checks and the insert of the charge row either all happen or none does.
+  Processes racing on one budget therefore never exceed it, and a refused charge leaves no trace.
 * Integer arithmetic: no sum of charges can exceed the cap through rounding. The schema also
-  refuses ``spent_units > cap_units`` outright, as a second line of defence.
+  refuses ``spent_units > cap_units`` and ``delta_spent_units > delta_cap_units`` outright, as a
+  second line of defence.
+* Files written before the delta reserve existed are upgraded when opened: the missing columns are
+  added with their defaults, so their budgets keep their caps and simply have no delta reserve.
 """
 
 from __future__ import annotations
@@ -29,13 +34,20 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from fractions import Fraction
 
 from .errors import BudgetExceededError, PolicyError, close_match_hint
 
-__all__ = ["UNITS_PER_ONE", "BudgetRecord", "ChargeRecord", "SQLiteLedger"]
+__all__ = ["UNITS_PER_ONE", "DELTA_UNITS_PER_ONE", "BudgetRecord", "ChargeRecord", "SQLiteLedger"]
 
 UNITS_PER_ONE = 10**12
 """Budget amounts are stored as integers in units of ``1 / UNITS_PER_ONE``."""
+
+DELTA_UNITS_PER_ONE = 10**18
+"""Delta amounts are stored as integers in units of ``1 / DELTA_UNITS_PER_ONE``.
+
+A delta is below 1, so every delta amount stays below ``10**18 < 2**63`` and fits SQLite's integers.
+"""
 
 # Caps and charges stay below 2**62 so that ``spent_units + units`` can never overflow SQLite's
 # 64-bit integers (SQLite would silently turn the sum into an inexact REAL).
@@ -56,6 +68,9 @@ CREATE TABLE IF NOT EXISTS budgets (
     spent_units   INTEGER NOT NULL DEFAULT 0 CHECK (spent_units >= 0 AND spent_units <= cap_units),
     releases      INTEGER NOT NULL DEFAULT 0,
     created       TEXT    NOT NULL,
+    delta_cap_units   INTEGER NOT NULL DEFAULT 0 CHECK (delta_cap_units >= 0),
+    delta_spent_units INTEGER NOT NULL DEFAULT 0
+        CHECK (delta_spent_units >= 0 AND delta_spent_units <= delta_cap_units),
     PRIMARY KEY (name, user)
 );
 CREATE INDEX IF NOT EXISTS budgets_by_data ON budgets (user, fingerprint);
@@ -72,10 +87,13 @@ CREATE TABLE IF NOT EXISTS charges (
     units     INTEGER NOT NULL CHECK (units > 0),
     tier      TEXT    NOT NULL,
     purpose   TEXT    NOT NULL,
+    delta_units INTEGER NOT NULL DEFAULT 0 CHECK (delta_units >= 0),
     FOREIGN KEY (name, user) REFERENCES budgets (name, user)
 );
 -- Covers the per-tier SUM(units) done inside every tier-capped charge.
 CREATE INDEX IF NOT EXISTS charges_by_tier ON charges (name, user, tier, units);
+-- Covers the per-purpose SUM(units) done inside every charge checked against a purpose's reserve.
+CREATE INDEX IF NOT EXISTS charges_by_purpose ON charges (name, user, purpose, units);
 -- Every tier a charge's release touched (a release on 'age' filtered by 'diagnosis' touches both), so
 -- a tier's cap bounds everything that read its columns, not only releases where it was the strictest.
 CREATE TABLE IF NOT EXISTS charge_tiers (
@@ -87,7 +105,31 @@ CREATE TABLE IF NOT EXISTS charge_tiers (
     PRIMARY KEY (charge_id, tier)
 );
 CREATE INDEX IF NOT EXISTS charge_tiers_by_tier ON charge_tiers (name, user, tier, units);
+-- Bounds released by a DP estimate (what the charge charge_id paid for), reused by later releases
+-- on the same data, so that an estimate is paid for once, also across restarts.
+CREATE TABLE IF NOT EXISTS estimated_bounds (
+    name        TEXT    NOT NULL,
+    user        TEXT    NOT NULL,
+    column_name TEXT    NOT NULL,
+    low         REAL    NOT NULL,
+    high        REAL    NOT NULL CHECK (high > low),
+    epsilon     REAL    NOT NULL,
+    charge_id   INTEGER NOT NULL REFERENCES charges (id),
+    PRIMARY KEY (name, user, column_name)
+);
 """
+
+# Columns that files created before the delta reserve lack, with the definitions that add them.
+# Order matters: the check on delta_spent_units refers to delta_cap_units.
+_ADDED_COLUMNS = (
+    ("budgets", "delta_cap_units", "INTEGER NOT NULL DEFAULT 0 CHECK (delta_cap_units >= 0)"),
+    (
+        "budgets",
+        "delta_spent_units",
+        "INTEGER NOT NULL DEFAULT 0 CHECK (delta_spent_units >= 0 AND delta_spent_units <= delta_cap_units)",
+    ),
+    ("charges", "delta_units", "INTEGER NOT NULL DEFAULT 0 CHECK (delta_units >= 0)"),
+)
 
 
 @dataclass(frozen=True)
@@ -110,6 +152,10 @@ class BudgetRecord:
         ISO-8601 UTC time of registration.
     releases : int
         Number of charges recorded.
+    delta_cap_units, delta_spent_units : int
+        The part of ``delta_total`` reserved for releases that spend a delta of their own (DP
+        partition selection), and what they have spent of it, in ``1 / DELTA_UNITS_PER_ONE``.
+        0 for pure budgets and for budgets registered without a reserve.
     """
 
     name: str
@@ -122,6 +168,17 @@ class BudgetRecord:
     spent_units: int
     created: str
     releases: int
+    delta_cap_units: int = 0
+    delta_spent_units: int = 0
+
+    @property
+    def conversion_delta(self) -> float:
+        """The delta at which this budget's rho is converted to epsilon.
+
+        ``delta_total`` less the delta reserve: the reserve and the conversion together make up
+        ``delta_total``. Equal to ``delta_total`` when there is no reserve (and 0 for pure budgets).
+        """
+        return self.delta_total - self.delta_cap_units / DELTA_UNITS_PER_ONE
 
 
 @dataclass(frozen=True)
@@ -145,7 +202,9 @@ class ChargeRecord:
     units : int
         What was debited, in ``1 / UNITS_PER_ONE``.
     tier, purpose : str
-        Labels from the policy, used for per-tier caps and reporting.
+        Labels from the policy, used for per-tier caps, purpose reserves and reporting.
+    delta_units : int
+        What was debited from the budget's delta reserve, in ``1 / DELTA_UNITS_PER_ONE``.
     """
 
     id: int
@@ -160,6 +219,7 @@ class ChargeRecord:
     units: int
     tier: str
     purpose: str
+    delta_units: int = 0
 
 
 class SQLiteLedger:
@@ -201,6 +261,7 @@ class SQLiteLedger:
             conn.execute("BEGIN IMMEDIATE")
             for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                 conn.execute(statement)
+            _add_missing_columns(conn)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -256,6 +317,7 @@ class SQLiteLedger:
         epsilon_total: float,
         delta_total: float,
         cap_units: int,
+        delta_cap_units: int = 0,
     ) -> BudgetRecord:
         """Register a budget, or return the one already registered for this data.
 
@@ -273,12 +335,16 @@ class SQLiteLedger:
             The guarantee, kept for display and for checking later calls.
         cap_units : int
             Size of the budget in ``1 / UNITS_PER_ONE`` of epsilon or rho.
+        delta_cap_units : int, default 0
+            The part of ``delta_total`` reserved for releases that spend a delta of their own, in
+            ``1 / DELTA_UNITS_PER_ONE``; must be 0 for pure budgets and at most ``delta_total``.
 
         Returns
         -------
         BudgetRecord
             The existing record, unchanged, when ``(name, user, fingerprint)`` is already
-            registered with the same totals; otherwise the new record.
+            registered with the same totals (its caps stay as they were registered); otherwise
+            the new record.
 
         Raises
         ------
@@ -305,6 +371,7 @@ class SQLiteLedger:
                 f"cap_units must be an integer between 1 and {_MAX_UNITS} (got {cap_units!r}); "
                 "choose an epsilon that is neither tiny nor huge, e.g. epsilon=1.0"
             )
+        _check_delta_cap(delta_cap_units, delta_total)
 
         with self._transaction() as conn:
             row = conn.execute(_SELECT_BUDGET + " WHERE name = ? AND user = ?", (name, user)).fetchone()
@@ -327,8 +394,9 @@ class SQLiteLedger:
             created = _now()
             conn.execute(
                 "INSERT INTO budgets (name, user, fingerprint, mode, epsilon_total, delta_total, cap_units,"
-                " spent_units, releases, created) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?)",
-                (name, user, fingerprint, mode, epsilon_total, delta_total, cap_units, created),
+                " spent_units, releases, created, delta_cap_units, delta_spent_units)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, 0)",
+                (name, user, fingerprint, mode, epsilon_total, delta_total, cap_units, created, delta_cap_units),
             )
         return BudgetRecord(
             name=name,
@@ -341,6 +409,8 @@ class SQLiteLedger:
             spent_units=0,
             created=created,
             releases=0,
+            delta_cap_units=delta_cap_units,
+            delta_spent_units=0,
         )
 
     def budget(self, *, name: str, user: str) -> BudgetRecord:
@@ -380,6 +450,8 @@ class SQLiteLedger:
         purpose: str,
         tier_cap_units: int | None = None,
         tier_caps: Mapping[str, int | None] | None = None,
+        delta_units: int = 0,
+        purpose_caps: Mapping[str, int] | None = None,
     ) -> ChargeRecord:
         """Debit ``units`` from a budget and record the charge, durably, in one transaction.
 
@@ -400,6 +472,17 @@ class SQLiteLedger:
             Every tier the release touched, with its cap in units (None: no cap). Each capped tier's
             units, summed over all charges that touched it and this one, must not exceed its cap.
             Defaults to ``{tier: tier_cap_units}``.
+        delta_units : int, default 0
+            What the release takes from the budget's delta reserve, in ``1 / DELTA_UNITS_PER_ONE``
+            (DP partition selection); the reserve's spent units, this charge included, must not
+            exceed its cap.
+        purpose_caps : mapping of str to int, optional
+            ``{q: cap}`` for every purpose ``q`` that has a share of the budget reserved: purposes
+            other than ``q`` may spend ``cap`` units together, and ``q`` keeps the rest,
+            ``cap_units - cap``, for itself. A charge must leave unspent what every *other*
+            reserved purpose has not yet used of its reserve; what its own purpose has reserved it
+            may spend. With one reserve ``q`` this is: the units of all charges whose purpose is
+            not ``q``, this one included when its purpose is not ``q``, must not exceed ``cap``.
 
         Returns
         -------
@@ -409,18 +492,31 @@ class SQLiteLedger:
         Raises
         ------
         BudgetExceededError
-            If the budget or the tier cap cannot pay; nothing is written. The error carries
-            ``needed_units``, ``remaining_units`` and ``tier`` (None unless the tier cap refused).
+            If the budget, a tier cap, a purpose reserve or the delta reserve cannot pay; nothing is
+            written. The error carries ``limit`` (``"budget"``, ``"tier"``, ``"purpose"`` or
+            ``"selection_delta"``), ``needed_units`` and ``remaining_units`` (in delta units for
+            ``"selection_delta"``), ``tier`` and ``purpose`` (the capped tier or the purpose whose
+            reserve refused; None otherwise).
         PolicyError
-            If ``units`` is not a positive integer or the budget does not exist.
+            If ``units`` is not a positive integer, ``delta_units`` not a non-negative one, a cap is
+            invalid, or the budget does not exist.
         """
         if not _is_int(units) or units <= 0:
             raise PolicyError(f"units must be a positive integer (got {units!r}); nothing was charged")
+        if not _is_int(delta_units) or not 0 <= delta_units < DELTA_UNITS_PER_ONE:
+            raise PolicyError(
+                f"delta_units must be an integer from 0 to {DELTA_UNITS_PER_ONE - 1} (got {delta_units!r}); "
+                "nothing was charged"
+            )
         tier_caps = dict(tier_caps) if tier_caps is not None else {str(tier): tier_cap_units}
         tier_caps.setdefault(str(tier), tier_cap_units)
         for cap in tier_caps.values():
             if cap is not None and (not _is_int(cap) or cap < 0):
                 raise PolicyError(f"tier caps must be non-negative integers or None (got {cap!r})")
+        purpose_caps = {str(q): cap for q, cap in (purpose_caps or {}).items()}
+        for cap in purpose_caps.values():
+            if not _is_int(cap) or cap < 0:
+                raise PolicyError(f"purpose caps must be non-negative integers (got {cap!r})")
         epsilon = _amount(epsilon, "epsilon", positive=False)
         delta = _amount(delta, "delta", positive=False)
         rho = None if rho is None else _amount(rho, "rho", positive=False)
@@ -441,20 +537,27 @@ class SQLiteLedger:
                 ).fetchone()
                 if tier_spent + units > cap:
                     raise _tier_exceeded(record, capped, units, tier_spent, cap)
+            held = _reserves_held(conn, record, purpose_caps, purpose)
+            if held and record.spent_units + units + sum(held.values()) > record.cap_units:
+                raise _purpose_reserved(record, held, units)
             # The WHERE clause is the budget check: it is evaluated under the write lock, so a
             # concurrent charge cannot slip in between reading spent_units and raising it.
             debited = units <= _MAX_UNITS and conn.execute(
-                "UPDATE budgets SET spent_units = spent_units + ?, releases = releases + 1"
-                " WHERE name = ? AND user = ? AND spent_units + ? <= cap_units",
-                (units, name, user, units),
+                "UPDATE budgets SET spent_units = spent_units + ?, delta_spent_units = delta_spent_units + ?,"
+                " releases = releases + 1"
+                " WHERE name = ? AND user = ? AND spent_units + ? <= cap_units"
+                " AND delta_spent_units + ? <= delta_cap_units",
+                (units, delta_units, name, user, units, delta_units),
             ).rowcount == 1
             if not debited:
+                if units <= record.cap_units - record.spent_units:
+                    raise _selection_delta_exceeded(record, delta_units)
                 raise _budget_exceeded(record, units)
             when = _now()
             charge_id = conn.execute(
                 "INSERT INTO charges (time, name, user, query, mechanism, epsilon, delta, rho, units, tier,"
-                " purpose) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (when, name, user, query, mechanism, epsilon, delta, rho, units, tier, purpose),
+                " purpose, delta_units) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (when, name, user, query, mechanism, epsilon, delta, rho, units, tier, purpose, delta_units),
             ).lastrowid
             conn.executemany(
                 "INSERT INTO charge_tiers (charge_id, name, user, tier, units) VALUES (?, ?, ?, ?, ?)",
@@ -473,20 +576,42 @@ class SQLiteLedger:
             units=units,
             tier=tier,
             purpose=purpose,
+            delta_units=delta_units,
         )
+
+    def record_bounds(self, *, name: str, user: str, column: str, low: float, high: float, epsilon: float,
+                      charge_id: int) -> None:
+        """Keep the bounds a charged estimate released for ``column`` (the first estimate stays)."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO estimated_bounds (name, user, column_name, low, high, epsilon, charge_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (_text(name, "name"), _text(user, "user"), str(column), float(low), float(high), float(epsilon),
+                 int(charge_id)),
+            )
+
+    def estimated_bounds(self, *, name: str, user: str) -> dict[str, tuple[float, float, float, int]]:
+        """``{column: (low, high, epsilon, charge_id)}`` of the bounds estimated for a budget."""
+        with self._snapshot() as conn:
+            rows = conn.execute(
+                "SELECT column_name, low, high, epsilon, charge_id FROM estimated_bounds WHERE name = ? AND"
+                " user = ? ORDER BY column_name",
+                (name, user),
+            ).fetchall()
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
 
     def history(self, *, name: str, user: str) -> list[ChargeRecord]:
         """Return the charges made against a budget, oldest first."""
         with self._snapshot() as conn:
             rows = conn.execute(
-                "SELECT id, time, name, user, query, mechanism, epsilon, delta, rho, units, tier, purpose"
-                " FROM charges WHERE name = ? AND user = ? ORDER BY id",
+                "SELECT id, time, name, user, query, mechanism, epsilon, delta, rho, units, tier, purpose,"
+                " delta_units FROM charges WHERE name = ? AND user = ? ORDER BY id",
                 (name, user),
             ).fetchall()
         return [
             ChargeRecord(
                 id=r[0], time=r[1], name=r[2], user=r[3], query=r[4], mechanism=r[5], epsilon=r[6],
-                delta=r[7], rho=r[8], units=r[9], tier=r[10], purpose=r[11],
+                delta=r[7], rho=r[8], units=r[9], tier=r[10], purpose=r[11], delta_units=r[12],
             )
             for r in rows
         ]
@@ -536,8 +661,37 @@ class SQLiteLedger:
 
 _SELECT_BUDGET = (
     "SELECT name, user, fingerprint, mode, epsilon_total, delta_total, cap_units, spent_units, created,"
-    " releases FROM budgets"
+    " releases, delta_cap_units, delta_spent_units FROM budgets"
 )
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Upgrade a file written without the delta reserve; a no-op on an up-to-date file.
+
+    Runs inside the write transaction that opens the ledger, so two processes opening the same old
+    file cannot both add a column. Existing rows get the defaults: no reserve, nothing spent of it.
+    """
+    for table, column, definition in _ADDED_COLUMNS:
+        # table and column are literals from _ADDED_COLUMNS, never user input.
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
+def _check_delta_cap(delta_cap_units: object, delta_total: float) -> None:
+    if not _is_int(delta_cap_units) or delta_cap_units < 0:
+        raise PolicyError(
+            f"delta_cap_units must be a non-negative integer (got {delta_cap_units!r}); pass 0 for no "
+            "delta reserve"
+        )
+    # Exact, with delta_total read as the decimal it prints as (what the user typed, as the
+    # accountant reads it): the reserve may be all of delta_total but never more.
+    most = math.floor(Fraction(repr(delta_total)) * DELTA_UNITS_PER_ONE)
+    if delta_cap_units > most:
+        raise PolicyError(
+            f"delta_cap_units={delta_cap_units} reserves more than delta_total={delta_total!r}; "
+            f"reserve at most {most} units"
+        )
 
 
 def _enable_wal(conn: sqlite3.Connection) -> str:
@@ -560,6 +714,7 @@ def _budget(row: tuple) -> BudgetRecord:
     return BudgetRecord(
         name=row[0], user=row[1], fingerprint=row[2], mode=row[3], epsilon_total=row[4],
         delta_total=row[5], cap_units=row[6], spent_units=row[7], created=row[8], releases=row[9],
+        delta_cap_units=row[10], delta_spent_units=row[11],
     )
 
 
@@ -629,8 +784,75 @@ def _budget_exceeded(record: BudgetRecord, units: int) -> BudgetExceededError:
         f"{_units_text(remaining, record.mode)} remains of the budget for {record.name!r}; "
         "nothing was charged. Ask for less with epsilon=..., or run %dp budget to see what is left."
     )
-    error.needed_units, error.remaining_units, error.tier = units, remaining, None
+    return _tagged(error, "budget", units, remaining)
+
+
+def _tagged(
+    error: BudgetExceededError,
+    limit: str,
+    needed: int,
+    remaining: int,
+    *,
+    tier: str | None = None,
+    purpose: str | None = None,
+) -> BudgetExceededError:
+    """Attach what refused the charge, so callers can restate the message in their own terms."""
+    error.limit, error.needed_units, error.remaining_units = limit, needed, remaining
+    error.tier, error.purpose = tier, purpose
     return error
+
+
+def _reserves_held(
+    conn: sqlite3.Connection, record: BudgetRecord, purpose_caps: Mapping[str, int], purpose: str
+) -> dict[str, int]:
+    """Units still held back for each reserved purpose other than ``purpose`` (those holding any).
+
+    A reserved purpose holds its reserve, ``cap_units - cap``, less what it has spent itself.
+    """
+    held = {}
+    for reserved, cap in sorted(purpose_caps.items()):
+        if reserved == purpose:
+            continue  # a release may spend its own purpose's reserve
+        (own,) = conn.execute(
+            "SELECT COALESCE(SUM(units), 0) FROM charges WHERE name = ? AND user = ? AND purpose = ?",
+            (record.name, record.user, reserved),
+        ).fetchone()
+        if record.cap_units - cap > own:
+            held[reserved] = record.cap_units - cap - own
+    return held
+
+
+def _purpose_reserved(record: BudgetRecord, held: Mapping[str, int], units: int) -> BudgetExceededError:
+    remaining = max(0, record.cap_units - record.spent_units - sum(held.values()))
+    first = next(iter(held))
+    names = " and ".join(map(repr, held))
+    which = f"purpose {names}" if len(held) == 1 else f"purposes {names}"
+    error = BudgetExceededError(
+        f"the rest of the budget for {record.name!r} is reserved for {which}: "
+        f"{_units_text(remaining, record.mode)} is free for other purposes and this release needs "
+        f"{_units_text(units, record.mode)}, so nothing was charged. If this release is for {first!r}, "
+        f"run it with %%dp --purpose {first} (or dp.spending(purpose={first!r})); otherwise ask for "
+        "less with epsilon=..., or run %dp budget to see what is left."
+    )
+    return _tagged(error, "purpose", units, remaining, purpose=first)
+
+
+def _selection_delta_exceeded(record: BudgetRecord, delta_units: int) -> BudgetExceededError:
+    remaining = record.delta_cap_units - record.delta_spent_units
+    if record.delta_cap_units == 0:
+        state = f"the budget for {record.name!r} has no delta reserved for partition selection"
+    else:
+        state = (
+            f"the delta reserved for partition selection on {record.name!r} is used up "
+            f"({remaining / DELTA_UNITS_PER_ONE:.3g} of {record.delta_cap_units / DELTA_UNITS_PER_ONE:.3g} "
+            f"left, this release needs {delta_units / DELTA_UNITS_PER_ONE:.3g})"
+        )
+    error = BudgetExceededError(
+        f"{state}, so groups whose keys are not declared cannot be released; nothing was charged. "
+        "Declare the group's categories (categories={'col': [...]} in dp.protect, or categories = [...] "
+        "under [columns.col] in the policy): declared groups need no partition selection."
+    )
+    return _tagged(error, "selection_delta", delta_units, remaining)
 
 
 def _tier_exceeded(
@@ -644,5 +866,4 @@ def _tier_exceeded(
         f"{_units_text(units, record.mode)}, so nothing was charged. Ask for less with epsilon=..., "
         "or run %dp budget to see what is left."
     )
-    error.needed_units, error.remaining_units, error.tier = units, remaining, tier
-    return error
+    return _tagged(error, "tier", units, remaining, tier=tier)

@@ -14,6 +14,7 @@ A policy can be written in Python, or in a TOML file loaded with :meth:`Policy.f
 
     [purposes.publish]
     epsilon = 0.5
+    reserve = 0.3    # 30% of the budget only publish releases may spend
 
     [tiers.sensitive]
     max_share = 0.5
@@ -36,6 +37,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from types import MappingProxyType
 from typing import Any
 
@@ -103,11 +105,15 @@ class Purpose:
         Default per-query epsilon, before the tier multiplier.
     description : str
         One line for people reading the policy.
+    reserve : float
+        Share of the dataset budget, in [0, 1), that only releases for this purpose may spend:
+        releases for other purposes leave it untouched. 0 reserves nothing.
     """
 
     name: str
     epsilon: float
     description: str = ""
+    reserve: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -137,10 +143,12 @@ class ColumnPolicy:
     tier_source: str | None
 
 
+# Sensitive columns refuse to have bounds estimated (a DP estimate still spends their budget and
+# clamps away rare extreme values); other tiers estimate them, and say so in the release.
 _BUILTIN_TIERS = {
-    "public": Tier("public", 1.0, None, "refuse"),
-    "standard": Tier("standard", 1.0, None, "refuse"),
-    "quasi-identifier": Tier("quasi-identifier", 0.5, None, "refuse"),
+    "public": Tier("public", 1.0, None, "estimate"),
+    "standard": Tier("standard", 1.0, None, "estimate"),
+    "quasi-identifier": Tier("quasi-identifier", 0.5, None, "estimate"),
     "sensitive": Tier("sensitive", 0.25, None, "refuse"),
     "identifier": Tier("identifier", None, None, "refuse"),
 }
@@ -382,7 +390,7 @@ def _from_dataclass(value):
         fields = {"multiplier": value.multiplier, "max_share": value.max_share}
         return {**fields, "missing_bounds": value.missing_bounds}
     if isinstance(value, Purpose):
-        return {"epsilon": value.epsilon, "description": value.description}
+        return {"epsilon": value.epsilon, "description": value.description, "reserve": value.reserve}
     if isinstance(value, ColumnPolicy):
         return {"tier": value.tier, "bounds": value.bounds, "categories": value.categories}
     return value
@@ -545,7 +553,7 @@ def _parse_purposes(purposes, where: _Where) -> dict[str, Purpose]:
         if not isinstance(name, str) or not name.strip():
             raise here.error(f"purpose names must be non-empty strings, got {name!r}.")
         spec = _table(spec, here, f"[purposes.{name}] with epsilon = 0.2")
-        _check_keys(spec, ("epsilon", "description"), here)
+        _check_keys(spec, ("epsilon", "description", "reserve"), here)
         base = result.get(name)
         if "epsilon" in spec:
             epsilon = _positive(spec["epsilon"], here.child("epsilon"), "epsilon = 0.1")
@@ -562,8 +570,33 @@ def _parse_purposes(purposes, where: _Where) -> dict[str, Purpose]:
                 f"must be a string, got {_describe(description)}. "
                 'Write e.g. description = "numbers for the quarterly report".'
             )
-        result[name] = Purpose(name, epsilon, description)
+        reserve = base.reserve if base else 0.0
+        if "reserve" in spec:
+            reserve = _reserve(spec["reserve"], here.child("reserve"))
+        result[name] = Purpose(name, epsilon, description, reserve)
+    _check_reserves_total(result, where)
     return result
+
+
+def _reserve(value, where: _Where) -> float:
+    value = _plain(value)
+    if not (_is_number(value) and 0 <= value < 1):
+        raise where.error(
+            f"must be a share of the dataset budget with 0 <= reserve < 1, got {_describe(value)}. "
+            "Write e.g. reserve = 0.3 to keep 30% of the budget for this purpose, or leave it out."
+        )
+    return float(value)
+
+
+def _check_reserves_total(purposes: Mapping[str, Purpose], where: _Where) -> None:
+    reserved = {name: p.reserve for name, p in purposes.items() if p.reserve > 0}
+    # Exact decimals: 0.7 + 0.3 is 1.0 as the user wrote it, whatever binary floats make of it.
+    if sum(Fraction(repr(share)) for share in reserved.values()) >= 1:
+        listed = ", ".join(f"{name} {share:g}" for name, share in reserved.items())
+        raise where.error(
+            f"the purposes' reserves add up to 1 or more ({listed}), which would leave no budget for "
+            "any other release. Lower them so that they add up to less than 1, e.g. reserve = 0.3."
+        )
 
 
 def _parse_columns(columns, where: _Where) -> dict[str, ColumnPolicy]:
@@ -606,8 +639,10 @@ class Policy:
         ``{tier: {"multiplier": ..., "max_share": ..., "missing_bounds": ...}}``, merged over
         the built-in tiers.
     purposes : mapping, optional
-        ``{purpose: {"epsilon": ..., "description": ...}}``, merged over the built-in purposes
-        ``explore`` (epsilon 0.1) and ``publish`` (epsilon 0.5).
+        ``{purpose: {"epsilon": ..., "description": ..., "reserve": ...}}``, merged over the
+        built-in purposes ``explore`` (epsilon 0.1) and ``publish`` (epsilon 0.5), which reserve
+        nothing. ``reserve`` is the share of the budget only that purpose may spend; the reserves
+        add up to less than 1.
     default_purpose : str, default "explore"
         The purpose used when a release names none.
 
@@ -874,6 +909,18 @@ class Policy:
         """The purpose used when a release names none."""
         return self._default_purpose
 
+    def purpose_reserves(self) -> dict[str, float]:
+        """Return the share of the budget reserved for each purpose that reserves any.
+
+        Returns
+        -------
+        dict of str to float
+            ``{purpose: reserve}`` for the purposes with ``reserve > 0`` (none in the built-in
+            policy); what :meth:`Accountant.charge <jupyter_dpmagic.accountant.Accountant.charge>`
+            takes as ``purpose_reserves``.
+        """
+        return {name: p.reserve for name, p in self._purposes.items() if p.reserve > 0}
+
     @property
     def purposes(self) -> Mapping[str, Purpose]:
         """All purposes, built-in and declared, by name (read-only)."""
@@ -918,7 +965,7 @@ class Policy:
         return {
             "default_purpose": self._default_purpose,
             "purposes": {
-                p.name: {"epsilon": p.epsilon, "description": p.description}
+                p.name: {"epsilon": p.epsilon, "description": p.description, "reserve": p.reserve}
                 for p in self._purposes.values()
             },
             "tiers": tiers,

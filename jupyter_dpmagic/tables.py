@@ -88,8 +88,17 @@ class PolicyTable(Table):
         tiers = ", ".join(f"{t.name} x{t.multiplier:g}" + (f" (max {t.max_share:.0%} of budget)" if t.max_share else "")
                           for t in policy.tiers.values() if t.multiplier is not None)
         footer = (f"default purpose: {policy.default_purpose}; purposes: "
-                  + ", ".join(f"{p.name} ε={p.epsilon:g}/query" for p in policy.purposes.values())
+                  + ", ".join(_purpose_text(p) for p in policy.purposes.values())
                   + f"; tiers scale it: {tiers}; identifiers are never released.")
         super().__init__(f"Policy of '{dataset.name}'",
                          ["column", "tier", "why", "bounds", "categories", *[f"ε {p}" for p in purposes]],
                          rows, footer=footer)
+
+
+def _purpose_text(purpose) -> str:
+    """``publish ε=0.5/query (30% of the budget reserved)``; the reserve only when there is one."""
+    text = f"{purpose.name} ε={purpose.epsilon:g}/query"
+    if purpose.reserve > 0:
+        # In brackets: the footer already separates purposes with commas.
+        text += f" ({purpose.reserve * 100:.4g}% of the budget reserved)"
+    return text

@@ -10,6 +10,7 @@ import pytest
 from scipy.stats import norm
 
 from jupyter_dpmagic.accountant import (
+    SELECTION_DELTA_SHARE,
     Accountant,
     BudgetStatus,
     Cost,
@@ -261,10 +262,16 @@ def test_pure_status_and_rendering(accountant):
     assert status.purpose_spent == {"qa": 0.375}
     text = str(status)
     assert repr(status) == text
-    for piece in ("visits", "alice", "0.375", "0.625", "explore 0.25", "report 0.125", "2 releases"):
+    for piece in ("visits", "alice", "0.375", "0.625", "2 releases"):
         assert piece in text
+    # one row per tier and purpose: spent, then what is left of the budget for it
+    rows = [line.split() for line in text.splitlines()]
+    assert ["tier", "explore", "0.25", "0.625"] in rows
+    assert ["tier", "report", "0.125", "0.625"] in rows
+    assert ["purpose", "qa", "0.375", "0.625"] in rows
     page = status._repr_html_()
-    assert "<table>" in page and "0.375" in page and "0.625" in page and "explore 0.25" in page
+    assert "<table>" in page and "0.375" in page and "0.625" in page
+    assert "<tr><td>tier explore</td><td>0.25</td><td>0.625</td></tr>" in page
 
 
 def test_html_escapes_names(accountant):
@@ -291,8 +298,11 @@ def _gaussian_delta(epsilon, sigma):
     )
 
 
-def test_hundred_gaussian_queries_sigma():
-    rho_total = epsilon_delta_to_rho(1.0, 1e-6)
+def test_hundred_gaussian_queries_sigma(accountant):
+    # The headline: 100 Gaussian queries on a budget of (1, 1e-6), the partition-selection reserve
+    # taken out of its delta, get noise of about 45 standard deviations (diffprivlib: about 227).
+    record = _open(accountant, epsilon=1.0, delta=1e-6)
+    rho_total = record.cap_units / UNITS_PER_ONE
     sigma = 1 / math.sqrt(2 * rho_total / 100)
     assert 40 < sigma < 50  # about 45; the classic conversion would need about 53
     classic_rho = (math.sqrt(math.log(1e6) + 1) - math.sqrt(math.log(1e6))) ** 2
@@ -358,8 +368,8 @@ def test_conversion_edge_cases():
 def test_zcdp_budget_cap_is_the_converted_rho(accountant):
     record = _open(accountant, epsilon=1.0, delta=1e-6)
     assert record.mode == "zcdp"
-    assert record.cap_units == units_floor(epsilon_delta_to_rho(1.0, 1e-6))
-    assert accountant.cap_units(record, 0.5) == units_floor(epsilon_delta_to_rho(0.5, 1e-6))
+    assert record.cap_units == units_floor(epsilon_delta_to_rho(1.0, 1e-6 * (1 - SELECTION_DELTA_SHARE)))
+    assert accountant.cap_units(record, 0.5) == units_floor(epsilon_delta_to_rho(0.5, record.conversion_delta))
 
 
 def test_pure_release_on_zcdp_budget_costs_half_epsilon_squared(accountant):
@@ -379,7 +389,7 @@ def test_zcdp_status_grows_and_stays_within_the_total(accountant):
     empty = accountant.status(name="visits", user="alice")
     assert (empty.epsilon_spent, empty.delta_spent, empty.rho_spent) == (0, 0, 0)
     assert empty.epsilon_remaining == 1.0
-    assert empty.rho_total == pytest.approx(epsilon_delta_to_rho(1.0, 1e-6))
+    assert empty.rho_total == pytest.approx(epsilon_delta_to_rho(1.0, 1e-6 * (1 - SELECTION_DELTA_SHARE)))
     previous = empty
     for _ in range(6):
         _charge(accountant, record, Cost(epsilon=0.3, delta=1e-7, rho=0.003), tier="explore")
@@ -389,9 +399,9 @@ def test_zcdp_status_grows_and_stays_within_the_total(accountant):
         assert status.epsilon_remaining == pytest.approx(1.0 - status.epsilon_spent)
         assert 0 < status.delta_spent <= status.delta_total
         previous = status
-    assert status.epsilon_spent == pytest.approx(rho_to_epsilon(0.018, 1e-6), rel=1e-9)
+    assert status.epsilon_spent == pytest.approx(rho_to_epsilon(0.018, record.conversion_delta), rel=1e-9)
     # zCDP composes six releases to far less than six times the epsilon of one.
-    assert status.epsilon_spent < 0.5 * 6 * rho_to_epsilon(0.003, 1e-6)
+    assert status.epsilon_spent < 0.5 * 6 * rho_to_epsilon(0.003, record.conversion_delta)
     assert status.tier_spent["explore"] == pytest.approx(status.epsilon_spent)
     text = str(status)
     assert "rho" in text and f"{status.epsilon_spent:.6g}" in text and f"{status.rho_spent:.6g}" in text
@@ -433,6 +443,6 @@ def test_epsilon_of_units(accountant):
     assert accountant.epsilon_of_units(pure, 3 * 10**11) == 0.3
     assert accountant.epsilon_of_units(pure, 0) == 0
     zcdp = _open(accountant, epsilon=2.0, delta=1e-6, name="zcdp")
-    assert accountant.epsilon_of_units(zcdp, 10**10) == pytest.approx(rho_to_epsilon(0.01, 1e-6))
+    assert accountant.epsilon_of_units(zcdp, 10**10) == pytest.approx(rho_to_epsilon(0.01, zcdp.conversion_delta))
     assert accountant.epsilon_of_units(zcdp, zcdp.cap_units) <= 2.0
     assert accountant.epsilon_of_units(zcdp, 10**15) == 2.0  # capped at the total

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -77,7 +78,10 @@ def test_builtin_tiers_and_purposes():
         "sensitive": 0.25,
         "identifier": None,
     }
-    assert all(t.max_share is None and t.missing_bounds == "refuse" for t in policy.tiers.values())
+    assert all(t.max_share is None for t in policy.tiers.values())
+    assert {name: t.missing_bounds for name, t in policy.tiers.items()} == {
+        "public": "estimate", "standard": "estimate", "quasi-identifier": "estimate",
+        "sensitive": "refuse", "identifier": "refuse"}
     assert policy.purposes["explore"] == Purpose(
         "explore", 0.1, "quick looks while you explore; small and cheap"
     )
@@ -147,7 +151,7 @@ def test_toml_file_is_loaded_and_columns_resolved(tmp_path):
     assert policy.purpose("audit").epsilon == 0.05
     assert policy.purpose("explore").epsilon == 0.1  # built-in purposes stay
     assert policy.tier("sensitive") == Tier("sensitive", 0.2, 0.5, "estimate")
-    assert policy.tier("quasi-identifier") == Tier("quasi-identifier", 0.5, 0.75, "refuse")
+    assert policy.tier("quasi-identifier") == Tier("quasi-identifier", 0.5, 0.75, "estimate")  # built-in
 
     age = ColumnPolicy("age", "quasi-identifier", (0.0, 110.0), None, "policy")
     assert policy.resolve("age") == age
@@ -513,3 +517,74 @@ def test_from_dict_names_its_source():
 ])
 def test_names_and_ids_of_things_are_not_identifiers(name, tier):
     assert classify(name)[0] == tier
+
+
+# --- purpose reserves ----------------------------------------------------------------------------
+
+
+def test_reserve_is_read_from_toml_and_kept(tmp_path):
+    policy = load(tmp_path, "[purposes.publish]\nreserve = 0.3\n\n[purposes.audit]\nepsilon = 0.05\nreserve = 0.1\n")
+    publish = policy.purpose("publish")
+    assert publish == Purpose("publish", 0.5, "final numbers for a paper or report; more accurate", 0.3)
+    assert publish != replace(publish, reserve=0.0)
+    assert "reserve=0.3" in repr(publish)
+    assert policy.purpose("explore").reserve == 0.0
+    assert policy.purpose_reserves() == {"publish": 0.3, "audit": 0.1}
+    data = policy.to_dict()
+    assert data["purposes"]["publish"]["reserve"] == 0.3 and data["purposes"]["explore"]["reserve"] == 0.0
+    again = Policy.from_dict(data)
+    assert again == policy and again.purpose_reserves() == {"publish": 0.3, "audit": 0.1}
+    assert policy != Policy(purposes={"audit": {"epsilon": 0.05, "reserve": 0.1}})
+    # Purpose objects passed back in keep their reserve
+    assert Policy(purposes=policy.purposes).purpose_reserves() == {"publish": 0.3, "audit": 0.1}
+
+
+def test_builtin_policy_reserves_nothing():
+    assert Policy.builtin().purpose_reserves() == {}
+    assert all(p.reserve == 0.0 for p in Policy.builtin().purposes.values())
+    assert Policy(purposes={"publish": {"reserve": 0}}).purpose_reserves() == {}
+
+
+@pytest.mark.parametrize("value", ["1", "1.0", "1.5", "-0.1", "inf", "nan", "true", '"0.3"'])
+def test_reserve_must_be_a_share_below_one(tmp_path, value):
+    with pytest.raises(PolicyError) as info:
+        load(tmp_path, f"[purposes.publish]\nreserve = {value}\n")
+    message = str(info.value)
+    assert "hospital.toml: purposes.publish.reserve" in message
+    assert "0 <= reserve < 1" in message and "reserve = 0.3" in message
+
+
+@pytest.mark.parametrize("value", [True, 1, -0.5, math.nan, "0.3", None])
+def test_reserve_checked_in_python_constructor_too(value):
+    with pytest.raises(PolicyError, match=r"purposes\.publish\.reserve.*0 <= reserve < 1"):
+        Policy(purposes={"publish": {"reserve": value}})
+
+
+def test_reserves_must_add_up_to_less_than_one(tmp_path):
+    with pytest.raises(PolicyError) as info:
+        load(tmp_path, "[purposes.publish]\nreserve = 0.7\n\n[purposes.audit]\nepsilon = 0.1\nreserve = 0.3\n")
+    message = str(info.value)
+    assert "hospital.toml: purposes: " in message
+    assert "add up to 1 or more (publish 0.7, audit 0.3)" in message
+    assert "add up to less than 1" in message
+    below = Policy(purposes={"publish": {"reserve": 0.6}, "audit": {"epsilon": 0.1, "reserve": 0.3}})
+    assert below.purpose_reserves() == {"publish": 0.6, "audit": 0.3}
+
+
+def test_reserve_typo_suggests_the_key(tmp_path):
+    with pytest.raises(PolicyError, match=r"purposes\.publish\.reserv.*Did you mean 'reserve'"):
+        load(tmp_path, "[purposes.publish]\nreserv = 0.3\n")
+
+
+def test_policy_table_shows_the_reserve(ledger_path, dataset_name):
+    import pandas as pd
+
+    import jupyter_dpmagic as dp
+
+    frame = pd.DataFrame({"age": [30.0, 40.0]})
+    dp.protect(frame, name=dataset_name, epsilon=1.0, bounds={"age": (0, 100)},
+               policy=Policy(purposes={"publish": {"reserve": 0.3}}))
+    table = dp.policy(dataset_name)
+    assert "publish ε=0.5/query (30% of the budget reserved)" in table.footer
+    assert "explore ε=0.1/query," in table.footer and "explore ε=0.1/query (" not in table.footer
+    assert "30% of the budget reserved" in table._repr_html_()

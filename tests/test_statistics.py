@@ -31,6 +31,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jupyter_dpmagic as dp  # noqa: E402
+from jupyter_dpmagic.accountant import SELECTION_DELTA_SHARE  # noqa: E402
 from jupyter_dpmagic.engine.local import LocalEngine  # noqa: E402
 from _stats import (  # noqa: E402,F401
     LIMIT, TEST_ALPHA, Broken, Check, DiscreteGaussian, DiscreteLaplace, binned_fit, counts_fit,
@@ -108,11 +109,12 @@ def _zcdp_release_epsilon(sigma: float, sensitivity: float = 1.0) -> float:
     """The release epsilon that buys a discrete Gaussian of scale ``sigma``.
 
     Under a zCDP budget a release's epsilon is its share of the budget's rho: rho = rho_cap * eps /
-    eps_total, with rho_cap the largest rho that implies (eps_total, delta)-DP (computed here), and
-    the Gaussian has sigma = sensitivity / sqrt(2 rho).
+    eps_total, with rho_cap the largest rho that implies (eps_total, delta')-DP (computed here), where
+    delta' is the budget's delta less the share reserved for partition selection, and the Gaussian has
+    sigma = sensitivity / sqrt(2 rho).
     """
     rho = sensitivity**2 / (2.0 * sigma**2)
-    return rho * ZCDP_TOTAL / zcdp_rho_cap(ZCDP_TOTAL, ZCDP_DELTA)
+    return rho * ZCDP_TOTAL / zcdp_rho_cap(ZCDP_TOTAL, ZCDP_DELTA * (1 - SELECTION_DELTA_SHARE))
 
 
 def _count_checks(zcdp=False, n=None):
