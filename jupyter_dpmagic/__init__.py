@@ -13,14 +13,15 @@ from .api import budget, history, policy, protect
 from .cohort import COHORT_BOUNDS, COHORT_CATEGORIES, synthetic_cohort
 from .context import spending
 from .errors import BudgetExceededError, PolicyError, PrivacyError
-from .frame import PrivateFrame, PrivateGroupBy, PrivateSeries
+from .explain import explain
+from .frame import PrivateFrame, PrivateGroupBy, PrivateSeries, crosstab
 from .policy import Policy
 from .release import ReleaseInfo, info
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "protect", "spending", "budget", "history", "policy", "info", "Policy",
+    "protect", "spending", "explain", "crosstab", "budget", "history", "policy", "info", "Policy",
     "synthetic_cohort", "COHORT_BOUNDS", "COHORT_CATEGORIES",
     "PrivateFrame", "PrivateSeries", "PrivateGroupBy", "ReleaseInfo", "BudgetStatus",
     "PrivacyError", "BudgetExceededError", "PolicyError", "load_ipython_extension",

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from . import hooks
 from .accountant import BudgetStatus
 from .frame import PrivateFrame
 from .session import current_user, get_session
@@ -15,8 +16,8 @@ __all__ = ["protect", "budget", "history", "policy"]
 
 
 def protect(df: pd.DataFrame, *, name: str, epsilon: float, delta: float = 0.0, policy=None,
-            privacy_unit: str | None = None, max_rows_per_unit: int = 1, bounds: Mapping | None = None,
-            categories: Mapping | None = None) -> PrivateFrame:
+            privacy_unit: str | None = None, max_rows_per_unit: int = 1, max_groups_per_unit: int | None = None,
+            bounds: Mapping | None = None, categories: Mapping | None = None) -> PrivateFrame:
     """Protect a DataFrame: from now on only DP releases of it leave ``%%dp`` cells.
 
     Parameters
@@ -36,11 +37,18 @@ def protect(df: pd.DataFrame, *, name: str, epsilon: float, delta: float = 0.0, 
     privacy_unit : str, optional
         The column naming the person when one person can have several rows.
     max_rows_per_unit : int, default 1
-        At most this many rows per person enter each release; noise is scaled to it.
+        At most this many rows per person enter each release (chosen at random within the person);
+        noise is scaled to it.
+    max_groups_per_unit : int, optional
+        In grouped releases, each person's rows come from at most this many groups (chosen at
+        random). It lowers the threshold of partition selection, which must otherwise assume one
+        person can create up to ``max_rows_per_unit`` groups.
     bounds : mapping, optional
-        ``{column: (low, high)}`` public clamping bounds for numeric columns.
+        ``{column: (low, high)}`` public clamping bounds for numeric columns. Columns without bounds
+        are refused or have DP bounds estimated, as the policy's tier says (``missing_bounds``).
     categories : mapping, optional
-        ``{column: [values]}`` public group keys (empty groups are released too).
+        ``{column: [values]}`` public group keys (empty groups are released too). Groups of a column
+        without categories are chosen by DP partition selection, which needs ``delta > 0``.
 
     Returns
     -------
@@ -50,18 +58,32 @@ def protect(df: pd.DataFrame, *, name: str, epsilon: float, delta: float = 0.0, 
     --------
     >>> visits = dp.protect(df, name="visits", epsilon=1.0, bounds={"age": (0, 110)})  # doctest: +SKIP
     """
+    hooks.install()
     dataset = get_session().protect(df, name=name, epsilon=epsilon, delta=delta, policy=policy,
                                     privacy_unit=privacy_unit, max_rows_per_unit=max_rows_per_unit,
-                                    bounds=bounds, categories=categories)
+                                    max_groups_per_unit=max_groups_per_unit, bounds=bounds,
+                                    categories=categories)
     return PrivateFrame(dataset)
 
 
 def budget(name: str) -> BudgetStatus:
     """The budget of dataset ``name`` for the current user: totals, spent and remaining.
 
-    Works for any dataset in the ledger, also one protected in an earlier session.
+    Works for any dataset in the ledger, also one protected in an earlier session. For a dataset
+    protected in this session it also says what each tier and purpose may still spend under the
+    policy's tier caps and purpose reserves.
     """
-    return get_session().accountant.status(name=name, user=current_user())
+    session, user = get_session(), current_user()
+    dataset = session.datasets.get(name)
+    if dataset is None or dataset.user != user:
+        return session.accountant.status(name=name, user=user)
+    policy = dataset.policy
+    # Identifiers are never released, so they have nothing to spend; every purpose is named, so
+    # that what the reserves leave each one shows before it has spent anything.
+    tier_shares = {t.name: t.max_share for t in policy.tiers.values() if t.multiplier is not None}
+    purpose_reserves = {**dict.fromkeys(policy.purposes, 0.0), **policy.purpose_reserves()}
+    return session.accountant.status(name=name, user=user, tier_shares=tier_shares,
+                                     purpose_reserves=purpose_reserves)
 
 
 def history(name: str) -> HistoryTable:

@@ -18,11 +18,12 @@ import numpy as np
 
 from . import plan as P
 from ._analysis import BOOL, NUMERIC, bounds_of, contradiction, kind_of
+from .bounds import missing_bounds_error
 from .errors import PolicyError, PrivacyError, close_match_hint
 from .release import DPSeries
 from .session import Dataset, get_session
 
-__all__ = ["PrivateFrame", "PrivateSeries", "PrivateGroupBy"]
+__all__ = ["PrivateFrame", "PrivateSeries", "PrivateGroupBy", "crosstab"]
 
 _ROWS = "rows cannot be shown; look at the schema with print(df), or aggregate inside %%dp " \
         "(len(df), df['col'].mean(), df.groupby('col').size())."
@@ -52,9 +53,12 @@ _REFUSED = {
                      "to_records", "to_string", "to_markdown", "to_html", "to_clipboard", "to_latex",
                      "to_xarray", "to_feather", "to_hdf", "to_stata", "to_orc", "to_period",
                      "to_timestamp"], _EXPORT),
-    **dict.fromkeys(["unique", "nunique", "drop_duplicates"], _DISTINCT),
+    **dict.fromkeys(["unique", "drop_duplicates"], _DISTINCT),
+    "nunique": "a DP count of distinct values is not supported here (one person can add a new value, and "
+               "nothing bounds how the distinct count moves in guardrail mode); count declared categories "
+               "with value_counts() inside %%dp instead.",
     **dict.fromkeys(["min", "max", "idxmin", "idxmax"], _EXTREME),
-    **dict.fromkeys(["describe", "corr", "cov", "plot", "hist", "merge", "join", "pivot_table"], _NOT_YET),
+    **dict.fromkeys(["corr", "cov", "merge", "join", "pivot_table"], _NOT_YET),
     **dict.fromkeys(["apply", "map", "applymap", "transform", "agg", "aggregate", "pipe", "where",
                      "mask", "combine", "eval", "query"], _FUNCTION),
 }
@@ -165,11 +169,11 @@ class _Private:
         else:
             derived = bounds_of(expr, lambda c: self._ds.column(c).bounds, self._ds.schema)
             if derived is None:
-                raise PolicyError(
-                    f"'{label}' has no bounds, and bounds never come from the data. Declare them: "
-                    f"dp.protect(..., bounds={{'{label}': (low, high)}}) or in the policy file "
-                    f"([columns.{label}] bounds = [low, high]), or pass bounds=(low, high) to this call, "
-                    "or clip() the values first.")
+                refusing = self._refusing_tier(expr)
+                if refusing is None:
+                    # The session estimates the missing bounds (a DP release of its own) first.
+                    return cls(expr, None, None, **extra)
+                raise missing_bounds_error(label, refusing or None)
             low, high = derived
             if low > high:
                 raise PolicyError(f"the bounds derived for '{label}' are reversed ({low:g} > {high:g}); "
@@ -178,15 +182,27 @@ class _Private:
                 raise PolicyError(f"'{label}' can only take the value {low:g}; there is nothing to estimate.")
         return cls(expr, low, high, **extra)
 
+    def _refusing_tier(self, expr) -> str | None:
+        """None when every source column of ``expr`` without bounds may have them estimated; else the
+        tier of one that may not ("" when the reason is not a tier: no such column, or not numeric)."""
+        unbounded = sorted(c for c in P.columns_of(expr) if self._ds.column(c).bounds is None)
+        if not unbounded:
+            return ""
+        for column in unbounded:
+            tier = self._ds.column(column).tier
+            if self._ds.policy.tier(tier).missing_bounds != "estimate":
+                return tier
+            if self._ds.schema.get(column) not in (NUMERIC, BOOL):
+                return ""
+        return None
+
     def _group_key(self, label: str, expr) -> P.GroupKey:
+        """Declared categories when there are some; otherwise the groups are chosen by DP partition
+        selection when the release is made (which refuses budgets that have no delta)."""
         if self._kind(expr) == BOOL:
             return P.GroupKey(label, expr, (False, True))
         categories = self._ds.column(expr.name).categories if isinstance(expr, P.Col) else None
-        if not categories:
-            raise PolicyError(
-                f"grouping by '{label}' needs its categories, because group keys never come from the "
-                f"data: pass categories={{'{label}': [...]}} to dp.protect (or declare them in the policy).")
-        return P.GroupKey(label, expr, tuple(categories))
+        return P.GroupKey(label, expr, tuple(categories) if categories else None)
 
 
 # ----------------------------------------------------------------------------------------- frame
@@ -417,6 +433,29 @@ class PrivateFrame(_Private):
         """DP ``q``-quantile of each numeric column."""
         return self._per_column(lambda s: s._measure(P.Quantile, None, q=_check_q(q)), numeric=True,
                                 epsilon=epsilon, delta=delta)
+
+    def describe(self, *, percentiles=(0.25, 0.5, 0.75), epsilon=None, delta=None):
+        """DP count, mean, std and quartiles of each numeric column, as one charged release.
+
+        The epsilon is split evenly over the table's statistics; count, mean and std of a column
+        share one noisy count and one noisy sum, which makes each of them more accurate.
+        """
+        names, notes = self._aggregable(self._cols, numeric=True,
+                                        example="describe() needs numeric columns with bounds, e.g. df[['age']]")
+        return _describe([self._series(n) for n in names], percentiles, epsilon, delta, notes)
+
+    def hist(self, column=None, *, bins: int = 10, epsilon=None, delta=None, **kwargs):
+        """DP histograms of numeric columns (bins from their bounds), drawn with error bars; one release."""
+        names = [column] if isinstance(column, str) else (list(column) if column is not None else None)
+        if names is None:
+            names, _ = self._aggregable(self._cols, numeric=True, example="name one: df.hist(column='age')")
+        return _histograms([self._series(n) for n in names], bins, epsilon, delta, kwargs)
+
+    @property
+    def plot(self):
+        raise PrivacyError("plot() of a whole private frame would draw its rows; draw DP charts inside %%dp: "
+                           "df['age'].plot.hist(bins=10), df.hist(column='age'), or "
+                           "df.groupby('ward').size().plot.bar().")
 
     # ------------------------------------------------------------------------------ refusals etc.
     def __iter__(self):
@@ -730,9 +769,30 @@ class PrivateSeries(_Private):
             return result
         return self._release([self._measure(P.Quantile, bounds, q=_check_q(q))], epsilon=epsilon, delta=delta)
 
+    def describe(self, *, percentiles=(0.25, 0.5, 0.75), epsilon=None, delta=None):
+        """DP count, mean, std and quartiles, as one charged release (see ``PrivateFrame.describe``)."""
+        if self._kind(self._expr) not in (NUMERIC, BOOL):
+            raise PolicyError(f"describe() of '{self._label()}' needs numeric values; count text values with "
+                              "value_counts() instead.")
+        table = _describe([self], percentiles, epsilon, delta, ())
+        return _column_of(table)
+
+    def histogram(self, *, bins: int = 10, epsilon=None, delta=None):
+        """DP counts of the values in ``bins`` equal bins spanning the bounds (a DPSeries by bin)."""
+        return _histogram_releases([self], bins, epsilon, delta)[0]
+
+    @property
+    def plot(self):
+        """DP charts: ``plot.hist(bins=...)`` draws a DP histogram with error bars."""
+        return _SeriesPlot(self)
+
+    def hist(self, bins: int = 10, *, epsilon=None, delta=None, **kwargs):
+        """A DP histogram drawn with 95% error bars (as ``plot.hist``)."""
+        return _histograms([self], bins, epsilon, delta, kwargs)
+
     def value_counts(self, *, normalize: bool = False, sort: bool = True, ascending: bool = False,
                      dropna: bool = True, epsilon=None, delta=None):
-        """DP count of each declared category (empty categories included)."""
+        """DP count of each category: declared ones (empty included), else chosen by partition selection."""
         if not dropna:
             raise PolicyError("value_counts(dropna=False) is not available: count missing values with "
                               "s.isna() as a filter, e.g. len(df[df.col.isna()]).")
@@ -865,6 +925,137 @@ class PrivateGroupBy(_Private):
         keys = ", ".join(k.label for k in self._keys)
         return (f"PrivateGroupBy of '{self._ds.name}' by {keys}: aggregate inside %%dp "
                 "(size(), count(), sum(), mean(), value_counts()).")
+
+
+class _SeriesPlot:
+    __slots__ = ("_series",)
+
+    def __init__(self, series):
+        self._series = series
+
+    def hist(self, bins: int = 10, *, epsilon=None, delta=None, **kwargs):
+        """A DP histogram drawn with 95% error bars; bins span the column's bounds."""
+        return _histograms([self._series], bins, epsilon, delta, kwargs)
+
+    def __call__(self, kind: str = "line", **kwargs):
+        if kind == "hist":
+            return self.hist(**kwargs)
+        return getattr(self, kind)(**kwargs)
+
+    def __getattr__(self, kind: str):
+        if kind.startswith("_"):
+            raise AttributeError(kind)
+        raise PrivacyError(f"plot.{kind}() of a private column would draw its rows; draw a DP chart instead: "
+                           "s.plot.hist(bins=10), or s.value_counts().plot.bar() for categories.")
+
+
+def _describe(columns: list, percentiles, epsilon, delta, notes):
+    qs = [_check_q(q) for q in percentiles]
+    stats = ["count", "mean", "std"] + [f"{q * 100:g}%" for q in qs]
+    measures, labels = [], []
+    for s in columns:
+        label = s._label()
+        if s._kind(s._expr) not in (NUMERIC, BOOL):
+            raise PolicyError(f"describe() covers numeric columns; '{label}' holds {s._kind(s._expr)} values.")
+        measures += [P.Count(s._expr), s._measure(P.Mean, None), s._measure(P.Variance, None, root=True)]
+        measures += [s._measure(P.Quantile, None, q=q) for q in qs]
+        labels += [f"{label}\x1f{stat}" for stat in stats]
+    split = (f"ε split evenly over {len(measures)} statistics; each column's count, mean and std share one "
+             "noisy count and one noisy sum")
+    out = columns[0]._release(measures, epsilon=epsilon, delta=delta, shape="series", labels=labels,
+                              notes=tuple(notes) + (split,))
+    return _as_table(out, [s._label() for s in columns], stats)
+
+
+def _as_table(release, names: list, stats: list):
+    """Reshape a per-statistic release into pandas' describe() layout (statistics x columns)."""
+    import pandas as pd
+
+    from .release import DPFrame
+
+    def grid(values):
+        return pd.DataFrame(np.asarray(values, dtype=float).reshape(len(names), len(stats)).T,
+                            index=stats, columns=names)
+
+    table = DPFrame(grid(release.to_numpy(dtype=float)))
+    info = release._dp
+    low = None if info.ci_low is None else grid(info.ci_low)
+    high = None if info.ci_high is None else grid(info.ci_high)
+    table._dp = replace(info, ci_low=low, ci_high=high)
+    return table
+
+
+def _column_of(table):
+    from .release import DPSeries
+
+    name = table.columns[0]
+    out = DPSeries(table[name].to_numpy(), index=table.index, name=name)
+    info = table._dp
+    out._dp = replace(info, ci_low=None if info.ci_low is None else info.ci_low[name],
+                      ci_high=None if info.ci_high is None else info.ci_high[name])
+    return out
+
+
+def _histogram_releases(columns: list, bins, epsilon, delta) -> list:
+    if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or not 1 <= bins <= 10_000:
+        raise PolicyError(f"bins must be a whole number of bins from 1 to 10000 (got {bins!r}); the bins span "
+                          "the column's bounds, never the data.")
+    for s in columns:
+        if s._kind(s._expr) not in (NUMERIC, BOOL):
+            raise PolicyError(f"a histogram needs numeric values and '{s._label()}' holds {s._kind(s._expr)} "
+                              "values; draw its categories with s.value_counts().plot.bar() instead.")
+    measures = [s._measure(P.Histogram, None, bins=int(bins)) for s in columns]
+    return columns[0]._release(measures, epsilon=epsilon, delta=delta, shape="bins",
+                               labels=[s._label() for s in columns])
+
+
+def _histograms(columns: list, bins, epsilon, delta, kwargs):
+    from .plots import histogram
+
+    releases = _histogram_releases(columns, bins, epsilon, delta)
+    if len(releases) == 1:
+        return histogram(releases[0], **kwargs)
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(releases), figsize=(4 * len(releases), 3.2))
+    return [histogram(r, ax=ax, **kwargs) for r, ax in zip(releases, axes)]
+
+
+def crosstab(index, columns, *args, normalize=False, epsilon=None, delta=None, **unsupported):
+    """DP ``pandas.crosstab`` of two private columns of one frame: a table of DP counts.
+
+    Declared categories are used as they are (empty cells included); otherwise the cells are chosen by
+    DP partition selection (unreleased cells are NaN). ``normalize`` (True/'all', 'index', 'columns')
+    divides by the released counts' totals (post-processing).
+    """
+    from .release import DPFrame
+
+    if not (isinstance(index, PrivateSeries) and isinstance(columns, PrivateSeries)):
+        raise PolicyError("crosstab() of private data takes two private columns of one frame: "
+                          "pd.crosstab(df.sex, df.diagnosis).")
+    if args or unsupported:
+        names = ", ".join(sorted(unsupported)) or "extra positional arguments"
+        raise PolicyError(f"crosstab() of private data takes only normalize=, epsilon= and delta= (not {names}); "
+                          "for other statistics per cell use df.groupby(['a', 'b'])['x'].mean().")
+    where = index._merge_where(columns)
+    keys = (index._group_key(index._label(), index._expr), columns._group_key(columns._label(), columns._expr))
+    counts = get_session().release(index._ds, [P.Count()], where=_checked_where(where), by=keys, epsilon=epsilon,
+                                   delta=delta, shape="series", labels=["count"])
+    info = counts._dp
+    table = counts._as_plain().unstack(level=1)
+    low = None if info.ci_low is None else info.ci_low.unstack(level=1)
+    high = None if info.ci_high is None else info.ci_high.unstack(level=1)
+    if normalize is not False:
+        axis = {True: None, "all": None, "index": 1, "columns": 0}.get(normalize, "bad")
+        if axis == "bad":
+            raise PolicyError("normalize takes True, 'all', 'index' or 'columns'.")
+        totals = table.to_numpy(dtype=float).sum() if axis is None else table.sum(axis=axis)
+        table = table.div(totals, axis=0 if axis == 1 else 1) if axis is not None else table / totals
+        low = high = None
+        info = replace(info, notes=info.notes + ("proportions are DP counts divided by their DP totals",))
+    out = DPFrame(table)
+    out._dp = replace(info, ci_low=low, ci_high=high)
+    return out
 
 
 def _finish_counts(counts, normalize: bool, sort: bool, ascending: bool):

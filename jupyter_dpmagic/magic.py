@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 import shlex
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class
@@ -14,13 +15,14 @@ from traitlets import Unicode, observe
 
 from .api import budget, history, policy, protect
 from .context import spending
+from .explain import explain
 from .errors import PolicyError, close_match_hint
 from .session import current_user, get_session
 from .tables import BudgetsTable
 
 __all__ = ["DPMagics", "load_ipython_extension"]
 
-CELL_USAGE = "%%dp [--epsilon E] [--delta D] [--purpose NAME] [--budget CAP]"
+CELL_USAGE = "%%dp [--epsilon E | --accuracy A[%]] [--delta D] [--purpose NAME] [--budget CAP]"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,6 +38,8 @@ def _cell_parser() -> _Parser:
     parser.add_argument("--delta", type=float, help="delta of each release (approximate budgets only)")
     parser.add_argument("--purpose", help="purpose whose per-query epsilon is the default")
     parser.add_argument("--budget", type=float, help="the most the cell may spend per dataset, in epsilon")
+    parser.add_argument("--accuracy", help="instead of --epsilon: the 95%% half-width each release must meet "
+                                           "(absolute, or N%% of the bounds' width)")
     return parser
 
 
@@ -48,6 +52,7 @@ def _protect_parser() -> _Parser:
     parser.add_argument("--policy", help="a policy TOML file")
     parser.add_argument("--unit", help="the column naming the person (privacy unit)")
     parser.add_argument("--max-rows", type=int, default=1, dest="max_rows")
+    parser.add_argument("--max-groups", type=int, default=None, dest="max_groups")
     parser.add_argument("--bounds", action="append", default=[], metavar="COL=LOW:HIGH")
     parser.add_argument("--categories", action="append", default=[], metavar="COL=A,B,C")
     return parser
@@ -59,7 +64,8 @@ def _name_parser(command: str) -> _Parser:
     return parser
 
 
-SUBCOMMANDS = ("protect", "budget", "history", "policy")
+SUBCOMMANDS = ("protect", "budget", "history", "policy", "explain")
+_EXPLAIN_OPTION = re.compile(r"^\s*--(epsilon|delta|purpose|accuracy)(?:=|\s+)(\S+)")
 _CELL_PARSER = _cell_parser()
 
 
@@ -89,9 +95,14 @@ class DPMagics(Magics):
         - ``%dp protect VAR --name NAME --epsilon E [--delta D] [--policy FILE] [--unit COL --max-rows K]
           [--bounds COL=LOW:HIGH ...] [--categories COL=A,B ...]``
         - ``%dp budget [NAME]``, ``%dp history [NAME]``, ``%dp policy [NAME]``
+        - ``%dp explain [--epsilon E | --accuracy A] [--purpose P] EXPRESSION``: what the expression's
+          releases would cost and how accurate they would be; nothing is run or charged.
         """
         if cell is not None:
             return self._cell(line, cell)
+        if line.strip().split(" ", 1)[0] == "explain":
+            # The rest is Python, not shell words: quotes and brackets must reach eval untouched.
+            return self._explain(line.strip()[len("explain"):])
         words = shlex.split(line)
         if not words:
             raise PolicyError("%dp needs a subcommand: " + ", ".join(SUBCOMMANDS) + f". For a cell: {CELL_USAGE}.")
@@ -105,8 +116,30 @@ class DPMagics(Magics):
     # ----------------------------------------------------------------------------------- the cell
     def _cell(self, line: str, cell: str):
         args = _CELL_PARSER.parse_args(shlex.split(line))
-        with spending(epsilon=args.epsilon, delta=args.delta, purpose=args.purpose, budget=args.budget):
+        with spending(epsilon=args.epsilon, delta=args.delta, purpose=args.purpose, budget=args.budget,
+                      accuracy=args.accuracy):
             return self._run(cell)
+
+    def _explain(self, rest: str):
+        options = {}
+        while (match := _EXPLAIN_OPTION.match(rest)):
+            options[match.group(1)] = match.group(2)
+            rest = rest[match.end():]
+        if not rest.strip():
+            raise PolicyError("%dp explain needs an expression, e.g. %dp explain df['age'].mean()")
+        for name in ("epsilon", "delta"):
+            if name in options:
+                try:
+                    options[name] = float(options[name])
+                except ValueError:
+                    raise PolicyError(f"--{name} takes a number (got {options[name]!r}).") from None
+        try:
+            tree = ast.parse(rest.strip(), mode="eval")
+        except SyntaxError as error:
+            raise PolicyError(f"%dp explain takes one Python expression ({error.msg}), e.g. "
+                              "%dp explain df['age'].mean()") from None
+        code = compile(tree, "<%dp explain>", "eval")
+        return explain(lambda: eval(code, self.shell.user_ns), **options)
 
     def _run(self, cell: str):
         """Run ``cell`` in the user namespace and return the value of its last expression.
@@ -135,6 +168,7 @@ class DPMagics(Magics):
         categories = dict(_parse_pair(item, "--categories", bounds=False) for item in args.categories)
         private = protect(self.shell.user_ns[args.var], name=args.name, epsilon=args.epsilon, delta=args.delta,
                           policy=args.policy, privacy_unit=args.unit, max_rows_per_unit=args.max_rows,
+                          max_groups_per_unit=args.max_groups,
                           bounds=bounds or None, categories=categories or None)
         self.shell.user_ns[args.var] = private
         return private

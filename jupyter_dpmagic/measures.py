@@ -25,9 +25,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import ndtri
 
 from .mechanisms import Noise
-from .plan import Count, FixedSum, Mean, Measure, Quantile, QuantileScores, RowCount, Sum, Variance
+from .plan import (BinCounts, Count, FixedSum, Histogram, Mean, Measure, Quantile, QuantileScores, RowCount, Sum,
+                   Variance)
 
 __all__ = ["compile_measure", "Compiled", "Outcome", "LEVEL"]
 
@@ -49,6 +51,7 @@ class Outcome:
     ci_high: np.ndarray | None
     accuracy: str
     integer: bool = False
+    edges: tuple | None = None  # a histogram's bin edges
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,30 @@ class Compiled:
 
     def finish(self, noisy: list[np.ndarray], noises: list[Noise]) -> Outcome:
         return _FINISH[type(self.measure)](self, noisy, noises)
+
+    def half_width(self, noises: list[Noise]) -> float | None:
+        """The 95% half-width of each released value, or None when it depends on the data (a mean's
+        depends on how many values there are)."""
+        if isinstance(self.measure, (Count, Histogram)):
+            return noises[0].half_width(ALPHA)
+        if isinstance(self.measure, Sum):
+            return noises[0].half_width(ALPHA) * self.primitives[0].grid
+        return None
+
+    def noise_text(self, noises: list[Noise]) -> str:
+        """The accuracy of this measure in words that need no data (what ``%dp explain`` shows)."""
+        width = self.half_width(noises)
+        if isinstance(self.measure, Histogram):
+            return f"± {width:.0f} rows per bin (95%)"
+        if width is not None:
+            return f"± {width:.4g} (95%)"
+        if isinstance(self.measure, Quantile):
+            return _rank_text(self, noises[0])
+        parts = [f"± {n.half_width(ALPHA) * getattr(p, 'grid', 1.0):.4g} on the {_PART_NAMES[type(p)](p)}"
+                 for p, n in zip(self.primitives, noises)]
+        lead = "the sum's noise divided by the number of values" if isinstance(self.measure, Mean) else \
+            "from the noise of its parts"
+        return f"{lead}: " + ", ".join(parts) + " (95% each)"
 
 
 def compile_measure(measure: Measure) -> Compiled:
@@ -87,6 +114,9 @@ def compile_measure(measure: Measure) -> Compiled:
         num = int(round(measure.q * Q_DEN))
         prim = QuantileScores(measure.expr, measure.low, measure.high, candidates, num, Q_DEN)
         return Compiled(measure, (prim,), (1.0,))
+    if isinstance(measure, Histogram):
+        edges = tuple(np.linspace(measure.low, measure.high, measure.bins + 1).tolist())
+        return Compiled(measure, (BinCounts(measure.expr, edges),), (1.0,))
     raise TypeError(f"unknown measure {measure!r}")
 
 
@@ -111,23 +141,76 @@ def _sum_outcome(compiled, noisy, noises) -> Outcome:
 
 def _mean_outcome(compiled, noisy, noises) -> Outcome:
     m = compiled.measure
-    centre, _ = _centre(m)
+    centre, half = _centre(m)
     grid = compiled.primitives[0].grid
     sums = np.asarray(noisy[0], dtype=float) * grid
     counts = np.asarray(noisy[1], dtype=float)
-    # Each of the two noises stays inside its interval at level 1 - alpha/2 (union bound).
-    sum_half = noises[0].half_width(ALPHA / 2) * grid
-    count_half = noises[1].half_width(ALPHA / 2)
     values = np.clip(centre + sums / np.maximum(counts, 1.0), m.low, m.high)
-    low, high = [], []
-    for s, c in zip(sums, counts):
-        lo_c, hi_c = c - count_half, c + count_half
-        if lo_c < 1.0:
-            low.append(m.low), high.append(m.high)
-            continue
-        corners = [centre + a / b for a in (s - sum_half, s + sum_half) for b in (lo_c, hi_c)]
-        low.append(max(m.low, min(corners))), high.append(min(m.high, max(corners)))
-    return Outcome(values, np.asarray(low), np.asarray(high), _spread_text(low, high, values))
+    low, high = _mean_interval(sums, counts, noises[0], noises[1], grid, half)
+    return Outcome(values, centre + low, centre + high, _spread_text(centre + low, centre + high, values))
+
+
+def _mean_interval(sums, counts, sum_noise, count_noise, grid: float, half: float):
+    """95% intervals of centred means, by inverting a pivot.
+
+    With ``m`` the true centred mean and ``n`` the true count, the centred sum is ``m * n`` exactly, so
+    ``S - m * N = Z_S - m * Z_N`` for the noisy sum ``S`` and count ``N``: its law depends on ``m``
+    alone (and the noise scales, which are public). The interval is every ``m`` in the bounds at which
+    the observed ``|S - m N|`` lies within that law's central 95% (``q(m)``), so it covers the truth
+    95% of the time, not more as a union bound of two intervals would.
+
+    ``f(m) = |S - m N| - q(m)`` is negative at ``S / N`` and, when ``N`` exceeds the steepest slope of
+    ``q``, increasing on either side of it, so each edge is one root found by bisection. ``q`` is
+    taken at the next point up of a fine grid (never smaller than the true quantile). When the noisy
+    count is too small for that, the interval is the whole range of the bounds.
+    """
+    table_w = np.linspace(0.0, half, 4097)
+    table_q = _difference_quantile(sum_noise, count_noise, grid, table_w)
+
+    def q(m):
+        at = np.minimum(np.searchsorted(table_w, np.abs(m), side="left"), len(table_w) - 1)
+        return table_q[at]
+
+    slope = 2.0 * count_noise.scale * math.log(2.0 / ALPHA)
+    usable = counts > slope
+    n = np.where(usable, counts, 1.0)
+    centre = np.clip(sums / n, -half, half)
+    edges = []
+    for end in (-half, half):
+        outer = np.full(len(sums), float(end))
+        inner = centre.copy()
+        reaches = np.abs(sums - outer * n) <= q(outer)
+        for _ in range(60):
+            mid = (inner + outer) / 2
+            out = np.abs(sums - mid * n) > q(mid)
+            outer, inner = np.where(out, mid, outer), np.where(out, inner, mid)
+        edges.append(np.where(reaches | ~usable, float(end), outer))
+    return edges[0], edges[1]
+
+
+def _difference_quantile(sum_noise, count_noise, grid: float, weights: np.ndarray) -> np.ndarray:
+    """For each ``w``: ``t`` with ``P(|Z_S - w Z_N| > t) = ALPHA`` (sum noise in value units)."""
+    s1 = sum_noise.scale * grid
+    s2 = count_noise.scale * weights
+    if sum_noise.measure == "zcdp":
+        return float(ndtri(1.0 - ALPHA / 2)) * np.sqrt(s1 * s1 + s2 * s2)
+    # Difference of two independent Laplace variables with scales b1, b2: its characteristic
+    # function splits into partial fractions, so P(X > t) = (b1^2 e^{-t/b1} - b2^2 e^{-t/b2}) / (2 (b1^2 - b2^2)).
+    # Solved for t by bisection, all weights at once.
+    b1 = np.full_like(s2, s1)
+    b2 = np.where(np.isclose(s2, s1, rtol=1e-9), s1 * (1 + 1e-6), s2)
+
+    def tail(t):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return (b1 * b1 * np.exp(-t / b1) - b2 * b2 * np.exp(-t / b2)) / (2 * (b1 * b1 - b2 * b2))
+
+    lo = np.zeros_like(s2)
+    hi = (b1 + b2) * math.log(2 / ALPHA) * 2
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        above = tail(mid) > ALPHA / 2
+        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+    return hi
 
 
 def _variance_outcome(compiled, noisy, noises) -> Outcome:
@@ -170,16 +253,26 @@ def _variance_outcome(compiled, noisy, noises) -> Outcome:
 def _quantile_outcome(compiled, noisy, noises) -> Outcome:
     prim = compiled.primitives[0]
     values = np.asarray([prim.candidates[int(i)] for i in noisy[0]], dtype=float)
-    noise = noises[0]
+    return Outcome(values, None, None, _rank_text(compiled, noises[0]))
+
+
+def _rank_text(compiled, noise: Noise) -> str:
     # Report-noisy-max picks a candidate whose score is below the best by more than
     # scale * ln(C / alpha) with probability at most alpha; one rank step moves the score by `den`.
     # The guarantee is relative to the best candidate: on dense data the true quantile can lie many
     # rows away from every grid point, and no statement free of the data can say how many.
+    prim = compiled.primitives[0]
     rows = math.ceil(noise.scale * math.log(len(prim.candidates) / ALPHA) / prim.den)
     step = (prim.high - prim.low) / (len(prim.candidates) - 1)
-    return Outcome(values, None, None,
-                   f"rank within ± {rows} rows of the best of {len(prim.candidates)} grid points "
-                   f"(step {step:.3g}) for the {compiled.measure.q:g}-quantile (95%)")
+    return (f"rank within ± {rows} rows of the best of {len(prim.candidates)} grid points "
+            f"(step {step:.3g}) for the {compiled.measure.q:g}-quantile (95%)")
+
+
+def _histogram_outcome(compiled, noisy, noises) -> Outcome:
+    raw = np.asarray(noisy[0], dtype=float)
+    half = noises[0].half_width(ALPHA)
+    return Outcome(np.maximum(raw, 0.0), np.maximum(raw - half, 0.0), np.maximum(raw + half, 0.0),
+                   f"± {half:.0f} rows per bin (95%)", integer=True, edges=compiled.primitives[0].edges)
 
 
 def _spread_text(low, high, values) -> str:
@@ -189,5 +282,10 @@ def _spread_text(low, high, values) -> str:
     return f"± up to {widest:.4g} (95%)"
 
 
+_PART_NAMES = {
+    RowCount: lambda p: "count",
+    FixedSum: lambda p: "sum of squares" if p.square else "sum",
+}
+
 _FINISH = {Count: _count_outcome, Sum: _sum_outcome, Mean: _mean_outcome, Variance: _variance_outcome,
-           Quantile: _quantile_outcome}
+           Quantile: _quantile_outcome, Histogram: _histogram_outcome}

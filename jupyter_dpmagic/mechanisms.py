@@ -81,7 +81,9 @@ def _half_width(name: str, scale: float, alpha: float) -> float:
             # Gaussian's tails equal the continuous one's to far below float precision; one extra
             # step keeps the rounded bound on the safe side.
             return math.ceil(scale * float(ndtri(1.0 - alpha / 2))) + 1.0
-        return float(accuracy.discrete_gaussian_scale_to_accuracy(scale, alpha))
+        # OpenDP gives the smallest whole a with P(|noise| >= a) <= alpha; the noise is whole, so
+        # |noise| > a - 1 has that same probability and a - 1 is the tightest such half-width.
+        return float(accuracy.discrete_gaussian_scale_to_accuracy(scale, alpha)) - 1.0
     return float(accuracy.discrete_laplacian_scale_to_accuracy(scale, alpha))
 
 

@@ -18,8 +18,8 @@ from typing import Any, Union
 
 __all__ = [
     "Col", "Lit", "BinOp", "UnOp", "IsIn", "Between", "IsNA", "Clip", "FillNA", "AsType", "Expr",
-    "GroupKey", "Count", "Sum", "Mean", "Variance", "Quantile", "Measure", "Query",
-    "RowCount", "FixedSum", "QuantileScores", "Primitive",
+    "GroupKey", "Count", "Sum", "Mean", "Variance", "Quantile", "Histogram", "Measure", "Query",
+    "RowCount", "FixedSum", "QuantileScores", "BinCounts", "Primitive",
     "columns_of", "to_dict", "from_dict", "describe",
 ]
 
@@ -100,11 +100,19 @@ Expr = Union[Col, Lit, BinOp, UnOp, IsIn, Between, IsNA, Clip, FillNA, AsType]
 # ------------------------------------------------------------------------------------------ measures
 @dataclass(frozen=True)
 class GroupKey:
-    """A grouping expression and its public categories (empty groups are released too)."""
+    """A grouping expression and its public categories (empty groups are released too).
+
+    ``categories=None`` means nobody declared them: the groups are then chosen by DP partition
+    selection, and only groups whose noisy count passes a threshold are released.
+    """
 
     label: str
     expr: Expr
-    categories: tuple
+    categories: tuple | None
+
+    @property
+    def declared(self) -> bool:
+        return self.categories is not None
 
 
 @dataclass(frozen=True)
@@ -114,25 +122,27 @@ class Count:
     expr: Expr | None = None
 
 
+# ``low``/``high`` of None: nobody declared bounds and the policy lets the session estimate them
+# (a DP release of its own) before this measure is compiled.
 @dataclass(frozen=True)
 class Sum:
     expr: Expr
-    low: float
-    high: float
+    low: float | None
+    high: float | None
 
 
 @dataclass(frozen=True)
 class Mean:
     expr: Expr
-    low: float
-    high: float
+    low: float | None
+    high: float | None
 
 
 @dataclass(frozen=True)
 class Variance:
     expr: Expr
-    low: float
-    high: float
+    low: float | None
+    high: float | None
     ddof: int = 1
     root: bool = False  # standard deviation
 
@@ -140,12 +150,22 @@ class Variance:
 @dataclass(frozen=True)
 class Quantile:
     expr: Expr
-    low: float
-    high: float
+    low: float | None
+    high: float | None
     q: float
 
 
-Measure = Union[Count, Sum, Mean, Variance, Quantile]
+@dataclass(frozen=True)
+class Histogram:
+    """Rows per bin; ``bins`` equal-width bins spanning the bounds (values clamped into them)."""
+
+    expr: Expr
+    low: float | None
+    high: float | None
+    bins: int
+
+
+Measure = Union[Count, Sum, Mean, Variance, Quantile, Histogram]
 
 
 @dataclass(frozen=True)
@@ -153,7 +173,8 @@ class Query:
     """One release: measures over the rows of ``dataset`` that satisfy every ``where`` predicate.
 
     ``unit``/``max_rows`` bound each person's contribution: at most ``max_rows`` rows per value of the
-    ``unit`` column enter the aggregate (all rows are one person each when ``unit`` is None).
+    ``unit`` column enter the aggregate (all rows are one person each when ``unit`` is None). With
+    ``by``, ``max_groups`` also keeps each person in at most that many groups.
     """
 
     dataset: str
@@ -162,6 +183,12 @@ class Query:
     by: tuple = ()  # tuple[GroupKey, ...]
     unit: str | None = None
     max_rows: int = 1
+    max_groups: int | None = None
+
+    @property
+    def selects_groups(self) -> bool:
+        """Whether some group key has no declared categories (DP partition selection)."""
+        return any(not key.declared for key in self.by)
 
 
 # ---------------------------------------------------------------------------------------- primitives
@@ -211,7 +238,18 @@ class QuantileScores:
         return max(self.num, self.den - self.num)
 
 
-Primitive = Union[RowCount, FixedSum, QuantileScores]
+@dataclass(frozen=True)
+class BinCounts:
+    """Rows per bin of ``edges`` (values clamped into the outer bins); one row is in one bin."""
+
+    expr: Expr
+    edges: tuple
+
+    def sensitivity(self) -> int:
+        return 1
+
+
+Primitive = Union[RowCount, FixedSum, QuantileScores, BinCounts]
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -235,7 +273,7 @@ def columns_of(node: Any) -> set[str]:
 
 _KINDS = {cls.__name__: cls for cls in (
     Col, Lit, BinOp, UnOp, IsIn, Between, IsNA, Clip, FillNA, AsType, GroupKey,
-    Count, Sum, Mean, Variance, Quantile, Query, RowCount, FixedSum, QuantileScores)}
+    Count, Sum, Mean, Variance, Quantile, Histogram, Query, RowCount, FixedSum, QuantileScores, BinCounts)}
 
 
 def to_dict(node: Any) -> Any:
@@ -302,6 +340,8 @@ def describe(node: Any) -> str:
         return f"{'std' if node.root else 'var'}({describe(node.expr)})"
     if isinstance(node, Quantile):
         return f"quantile({describe(node.expr)}, {node.q:g})"
+    if isinstance(node, Histogram):
+        return f"histogram({describe(node.expr)}, {node.bins} bins)"
     if isinstance(node, (Sum, Mean)):
         return f"{type(node).__name__.lower()}({describe(node.expr)})"
     if isinstance(node, Query):

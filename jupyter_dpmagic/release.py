@@ -10,13 +10,15 @@ interval would no longer be the one recorded.
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
+import numpy as np
 import pandas as pd
 
 from .errors import PrivacyError
 
-__all__ = ["ReleaseInfo", "DPFloat", "DPInt", "DPSeries", "DPFrame", "info"]
+__all__ = ["ReleaseInfo", "DPFloat", "DPInt", "DPSeries", "DPFrame", "info", "shape"]
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,13 @@ class DPSeries(_PandasRelease, pd.Series):
     """A released Series (one value per group); derived Series are plain pandas objects."""
 
     @property
+    def plot(self):
+        """pandas plotting, with the 95% noise interval drawn as error bars (bar, barh, line)."""
+        from .plots import ReleasePlot
+
+        return ReleasePlot(self)
+
+    @property
     def _constructor(self):
         return pd.Series
 
@@ -219,3 +228,83 @@ def info(release) -> ReleaseInfo:
             "Call dp.info() on the value a private frame returned, before arithmetic or pandas "
             "operations turn it into a plain number.")
     return found
+
+
+def shape(outcomes: Sequence, info: ReleaseInfo, by: tuple, kind: str, labels: Sequence, keys=None):
+    """Turn released outcomes into what the user gets.
+
+    ``kind`` is ``"scalar"`` (one measure, no groups), ``"series"`` (one measure per group, or one
+    value per measure without groups), ``"frame"`` (groups x measures) or ``"bins"`` (one
+    histogram, ``labels`` being its bins). ``keys`` lists the groups partition selection released.
+    """
+    texts = list(dict.fromkeys(o.accuracy for o in outcomes if o.accuracy))
+    accuracy = "; ".join(texts) if len(texts) <= 2 else \
+        f"{len(outcomes)} statistics, each with its own 95% accuracy: see dp.info(x).ci"
+    integer = all(o.integer for o in outcomes)
+    if kind == "scalar":
+        out = outcomes[0]
+        info = replace(info, ci_low=_first(out.ci_low), ci_high=_first(out.ci_high), accuracy=accuracy)
+        value = float(out.values[0])
+        return DPInt(int(round(value)), info) if out.integer else DPFloat(value, info)
+    if kind == "bins":
+        histograms = []
+        for out, name in zip(outcomes, labels):
+            index = pd.IntervalIndex.from_breaks(list(out.edges), closed="left", name=name)
+            result = DPSeries(_typed(out.values, out.integer), index=index, name="count")
+            result._dp = replace(info, ci_low=pd.Series(out.ci_low, index=index),
+                                 ci_high=pd.Series(out.ci_high, index=index), accuracy=out.accuracy)
+            histograms.append(result)
+        return histograms
+    index = _group_index(by, keys) if by else pd.Index(list(labels))
+    if kind == "series":
+        if by:
+            out = outcomes[0]
+            values, low, high = out.values, out.ci_low, out.ci_high
+            name = labels[0] if labels else None
+        else:
+            values = np.asarray([o.values[0] for o in outcomes])
+            # Measures without an interval (quantiles) show NaN next to those that have one.
+            low = None if all(o.ci_low is None for o in outcomes) else \
+                np.asarray([np.nan if o.ci_low is None else o.ci_low[0] for o in outcomes])
+            high = None if low is None else \
+                np.asarray([np.nan if o.ci_high is None else o.ci_high[0] for o in outcomes])
+            name = None
+        ci_low = None if low is None else pd.Series(low, index=index, name=name)
+        ci_high = None if high is None else pd.Series(high, index=index, name=name)
+        result = DPSeries(_typed(values, integer), index=index, name=name)
+        result._dp = replace(info, ci_low=ci_low, ci_high=ci_high, accuracy=accuracy)
+        return result
+    columns = list(labels)
+    data = {c: _typed(o.values, o.integer) for c, o in zip(columns, outcomes)}
+    result = DPFrame(data, index=index, columns=columns)
+    if all(o.ci_low is not None for o in outcomes):
+        low = pd.DataFrame({c: o.ci_low for c, o in zip(columns, outcomes)}, index=index)
+        high = pd.DataFrame({c: o.ci_high for c, o in zip(columns, outcomes)}, index=index)
+    else:
+        low = high = None
+    result._dp = replace(info, ci_low=low, ci_high=high, accuracy=accuracy)
+    return result
+
+
+def _typed(values, integer: bool):
+    values = np.asarray(values, dtype=float)
+    if integer and np.isfinite(values).all():
+        return np.rint(values).astype("int64")
+    return values
+
+
+def _group_index(by: tuple, keys) -> pd.Index:
+    names = [k.label for k in by]
+    if keys is None:
+        if len(by) == 1:
+            return pd.Index(list(by[0].categories), name=names[0])
+        return pd.MultiIndex.from_product([list(k.categories) for k in by], names=names)
+    if len(by) == 1:
+        return pd.Index([k[0] for k in keys], name=names[0])
+    if not keys:
+        return pd.MultiIndex.from_arrays([[] for _ in by], names=names)
+    return pd.MultiIndex.from_tuples(list(keys), names=names)
+
+
+def _first(value):
+    return None if value is None else float(value[0])

@@ -20,17 +20,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import mechanisms
-from ._analysis import dtype_kind
+from ._analysis import bounds_of, dtype_kind
+from ._draft import calibrate as _calibrate, draft as _draft
 from .accountant import Accountant, Cost, check_delta, check_epsilon, epsilon_delta_to_rho
+from .bounds import ESTIMATE_SHARE, EstimatedBounds, bounds_from, estimation_primitive, missing_bounds_error
 from .context import current_scope
-from .engine.local import LocalEngine
+from .engine.local import Exact, LocalEngine
 from .errors import BudgetExceededError, PolicyError, PrivacyError, close_match_hint
 from .ledger import UNITS_PER_ONE, BudgetRecord, SQLiteLedger
-from .measures import Outcome, compile_measure
-from .plan import Query, QuantileScores, columns_of, describe
+from .explain import Explanation
+from .plan import Count, Histogram, Query, Sum, columns_of, describe
 from .policy import Policy
-from .release import DPFloat, DPFrame, DPInt, DPSeries, ReleaseInfo
+from .release import ReleaseInfo, shape as _shape
 
 __all__ = ["Session", "Dataset", "get_session", "current_user", "ledger_location"]
 
@@ -80,6 +81,8 @@ class Dataset:
     record: BudgetRecord
     engine: LocalEngine
     schema: dict  # column -> kind ("numeric", "bool", "text", "datetime", "other")
+    max_groups: int | None = None
+    estimates: dict = field(default_factory=dict, repr=False)  # column -> EstimatedBounds (released)
     _columns: dict = field(default_factory=dict, repr=False)
 
     def column(self, name: str):
@@ -127,7 +130,8 @@ class Session:
     # ------------------------------------------------------------------------------------ protect
     def protect(self, frame: pd.DataFrame, *, name: str, epsilon: float, delta: float = 0.0,
                 policy=None, privacy_unit: str | None = None, max_rows_per_unit: int = 1,
-                bounds: Mapping | None = None, categories: Mapping | None = None) -> Dataset:
+                max_groups_per_unit: int | None = None, bounds: Mapping | None = None,
+                categories: Mapping | None = None) -> Dataset:
         if not isinstance(frame, pd.DataFrame):
             kind = type(frame).__name__
             hint = " It is already protected." if kind == "PrivateFrame" else ""
@@ -150,20 +154,35 @@ class Session:
         policy = policy.with_columns(bounds=bounds, categories=categories)
         if privacy_unit is not None:
             _require_column(privacy_unit, frame.columns, where="privacy_unit=")
-            if frame[privacy_unit].isna().any():
+            missing = frame[privacy_unit].isna()
+            if len(frame) and missing.all():
+                raise PolicyError(f"the privacy unit '{privacy_unit}' is empty in every row; name the column "
+                                  "that identifies the person (e.g. privacy_unit='patient_id').")
+            if missing.any():
                 raise PolicyError(f"some rows have no '{privacy_unit}', so their person cannot be bounded; "
                                   "drop or fill those rows before protect().")
-        if isinstance(max_rows_per_unit, bool) or not isinstance(max_rows_per_unit, (int, np.integer)) \
-                or max_rows_per_unit < 1:
-            raise PolicyError(f"max_rows_per_unit must be a whole number >= 1 (got {max_rows_per_unit!r}).")
+        for what, value in (("max_rows_per_unit", max_rows_per_unit), ("max_groups_per_unit", max_groups_per_unit)):
+            if value is None and what == "max_groups_per_unit":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise PolicyError(f"{what} must be a whole number >= 1 (got {value!r}).")
         empty = [c for c in frame.columns if len(frame) and frame[c].isna().all()]
         if empty:
             # Said now, to whoever holds the data: refusing such a column later, at query time, would
             # tell analysts that nobody has a value, a fact no noise would cover.
             raise PolicyError(f"column(s) {', '.join(map(repr, empty))} hold no values at all; drop them "
                               f"before protect(): df.drop(columns={empty!r}).")
-        if max_rows_per_unit > 1 and privacy_unit is None:
-            raise PolicyError("max_rows_per_unit needs privacy_unit= (the column that names the person).")
+        constant = _constant_unbounded(frame, policy, privacy_unit)
+        if constant:
+            # Said to whoever holds the data, as for empty columns: estimating bounds of a column
+            # with one value would spend budget to learn nothing, and refusing it at query time
+            # would tell analysts that everyone has the same value.
+            raise PolicyError(f"column(s) {', '.join(map(repr, constant))} hold a single value, so their bounds "
+                              "cannot be estimated; declare them (bounds={" + f"'{constant[0]}': (low, high)" + "}) "
+                              f"or drop the column(s): df.drop(columns={constant!r}).")
+        if (max_rows_per_unit > 1 or max_groups_per_unit is not None) and privacy_unit is None:
+            raise PolicyError("max_rows_per_unit and max_groups_per_unit need privacy_unit= (the column that "
+                              "names the person).")
         # pandas 3 copy-on-write (hence pandas>=3) makes this shallow copy immune to later edits of
         # the caller's frame, without doubling the memory.
         data = frame.copy(deep=False)
@@ -174,7 +193,11 @@ class Session:
                 name=name, user=record.user, frame=data, policy=policy, unit=privacy_unit,
                 max_rows=int(max_rows_per_unit), record=record, engine=LocalEngine(data),
                 schema={c: dtype_kind(t) for c, t in data.dtypes.items()},
+                max_groups=None if max_groups_per_unit is None else int(max_groups_per_unit),
             )
+            # Bounds estimated (and paid for) before, in this process or an earlier one.
+            for column, found in self.accountant.ledger.estimated_bounds(name=name, user=record.user).items():
+                dataset.estimates[column] = EstimatedBounds(column, *found)
             self.datasets[name] = dataset
         return dataset
 
@@ -192,60 +215,75 @@ class Session:
         """Make one DP release of ``measures`` and return it shaped as ``shape``.
 
         ``shape`` is ``"scalar"`` (one measure, no groups), ``"series"`` (one measure per group, or
-        one value per measure without groups) or ``"frame"`` (groups x measures).
+        one value per measure without groups), ``"frame"`` (groups x measures) or ``"bins"`` (a
+        histogram's bins).
         """
         scope = current_scope()
         if scope is None:
             raise PrivacyError("this would release a number; run it inside a %%dp cell (or a "
                                "`with dp.spending():` block), where it is charged to the budget.")
-        query = Query(dataset.name, tuple(measures), tuple(where), tuple(by), dataset.unit, dataset.max_rows)
+        max_groups = dataset.max_groups if by else None
+        query = Query(dataset.name, tuple(measures), tuple(where), tuple(by), dataset.unit, dataset.max_rows,
+                      max_groups)
         tiers = self._check_columns(dataset, query)
         tier = dataset.policy.strictest(tiers)
         purpose, epsilon, delta = _parameters(dataset, scope, tier, epsilon, delta)
+        query, pending = _known_bounds(dataset, query)
         record = dataset.record
-        units = _release_units(record, epsilon, delta)
-        compiled = [compile_measure(m) for m in query.measures]
-        primitives = [p for comp in compiled for p in comp.primitives]
-        weights = [share / len(compiled) for comp in compiled for share in comp.shares]
-        noises = _calibrate(primitives, weights, units, query, record.mode)
-        charged = units / UNITS_PER_ONE
-        cost = Cost(epsilon=charged) if record.mode == "pure" else Cost(epsilon=epsilon, delta=delta, rho=charged)
-        key = (dataset.name, dataset.user)
-        for each in scope.chain():
-            if each.budget is not None and each.spent_units.get(key, 0) + units > _share_units(record, each.budget):
-                raise BudgetExceededError(
-                    f"this release would take the cell past its --budget of ε={each.budget:g} on "
-                    f"'{dataset.name}'. Ask for less (epsilon=...) or raise the cell's --budget.")
+        selection_delta = self._selection_delta(dataset, query)
+        if epsilon is None:
+            if pending:
+                raise PolicyError(
+                    f"an accuracy target needs the bounds of {_names(pending)}, which are not declared yet. "
+                    "Declare them (bounds={...}), or make one release with an epsilon first: it estimates "
+                    "them once and later releases reuse them.")
+            units = _units_for_accuracy(query, scope.accuracy, record, selection_delta)
+            epsilon = _epsilon_of_share(record, units)
+            if scope.explain is None:
+                self._check_affordable(record, units, f"an accuracy of {scope.accuracy} for {describe(query)} "
+                                                      f"needs ε={epsilon:.4g}")
+        else:
+            units = _release_units(record, epsilon, delta)
+        estimate_units = 0
+        if pending:
+            estimate_units = max(1, round(units * ESTIMATE_SHARE))
+            if units - estimate_units < 1:
+                raise PolicyError("epsilon is too small to estimate bounds and release; ask for more.")
+        draft = _draft(_placeholder_bounds(query, pending), units - estimate_units, record.mode, selection_delta)
+        if scope.explain is not None:
+            scope.explain.append(self._explanation(dataset, draft, record, epsilon, delta, purpose, tier,
+                                                   pending, estimate_units, scope.accuracy))
+            return _shape(draft.placeholder_outcomes(), _info(dataset, draft.query, "", Cost(epsilon=epsilon), 0,
+                                                              purpose, tier, ()), draft.query.by, shape, labels,
+                          [] if draft.query.selects_groups else None)
+        self._check_scope_caps(scope, dataset, units)
+        fresh = ()
+        if pending:
+            self._check_affordable(record, units, f"this release needs ε={epsilon:.4g} (a share of it to "
+                                                  "estimate bounds)")
+            fresh = self._estimate_bounds(dataset, pending, estimate_units, epsilon * estimate_units / units,
+                                          delta, purpose, tiers)
+            query, _ = _known_bounds(dataset, query)
+            draft = _draft(query, units - estimate_units, record.mode, selection_delta)
 
         # Exact aggregates first: a query that fails here has charged nothing.
-        try:
-            exact = dataset.engine.run(query, primitives)
-        except Exception as error:
-            # The original message may quote values from the data: do not pass it on.
-            raise PrivacyError(
-                f"computing {describe(query)} failed on the data ({type(error).__name__}); nothing was "
-                "charged. Check the column types and the operations in the cell.") from None
-
-        mechanism = " + ".join(sorted({n.name for n in noises}))
-        charge = self.accountant.charge(record, cost, query=describe(query), mechanism=mechanism, tier=tier,
-                                        purpose=purpose, units=units,
-                                        tier_shares={t: dataset.policy.tier(t).max_share for t in tiers})
+        exact = _run(dataset, draft.query, draft.primitives)
+        cost = _cost(record, draft.units, epsilon * draft.units / units, delta)
+        charge = self.accountant.charge(
+            record, cost, query=describe(draft.query), mechanism=draft.mechanism, tier=tier, purpose=purpose,
+            units=draft.units, tier_shares=_tier_shares(dataset, tiers), selection_delta=selection_delta,
+            purpose_reserves=dataset.policy.purpose_reserves())
         for each in scope.chain():
-            each.spent_units[key] = each.spent_units.get(key, 0) + units
+            each.spent_units[_key(dataset)] = each.spent_units.get(_key(dataset), 0) + units
 
         # The charge is committed: from here on nothing may fail silently or be retried.
-        noisy = [_add_noise(noise, prim, values, bool(query.by))
-                 for noise, prim, values in zip(noises, primitives, exact)]
-        outcomes, at = [], 0
-        for comp in compiled:
-            k = len(comp.primitives)
-            outcomes.append(comp.finish(noisy[at:at + k], noises[at:at + k]))
-            at += k
-        info = ReleaseInfo(
-            dataset=dataset.name, query=describe(query), mechanism=mechanism, epsilon=cost.epsilon,
-            delta=cost.delta, rho=cost.rho, ci_low=None, ci_high=None, accuracy="", purpose=purpose, tier=tier,
-            charge_id=charge.id, notes=_notes(query) + tuple(notes))
-        return _shape(outcomes, info, query.by, shape, labels)
+        outcomes, keys = draft.finish(exact)
+        extra = tuple(dataset.estimates[c].note(fresh=c in fresh) for c in sorted(_estimated_columns(dataset, query)))
+        if scope.accuracy is not None:
+            extra += (f"ε chosen for an accuracy of {scope.accuracy} (95%)",)
+        info = _info(dataset, draft.query, draft.mechanism, cost, charge.id, purpose, tier,
+                     draft.notes() + extra + tuple(notes), selection_delta=selection_delta)
+        return _shape(outcomes, info, draft.query.by, shape, labels, keys)
 
     def _check_columns(self, dataset: Dataset, query: Query) -> set[str]:
         """Refuse identifiers; return the tiers of the columns the query touches ({'standard'} if none)."""
@@ -261,10 +299,98 @@ class Session:
             tiers.append(resolved.tier)
         return set(tiers) or {"standard"}
 
+    def _selection_delta(self, dataset: Dataset, query: Query) -> float:
+        """The delta partition selection spends on this release (0 when every group key is declared)."""
+        if not query.selects_groups:
+            return 0.0
+        undeclared = [k.label for k in query.by if not k.declared]
+        example = f"categories={{'{undeclared[0]}': [...]}}"
+        if dataset.record.mode == "pure":
+            raise PolicyError(
+                f"grouping by {_names(undeclared)} without declared categories needs DP partition selection, "
+                f"which spends a delta, and '{dataset.name}' has a pure epsilon budget (delta=0). Declare the "
+                f"categories ({example} in dp.protect or the policy), or protect the data with a delta "
+                "(e.g. delta=1e-6).")
+        amount = self.accountant.selection_delta(dataset.record)
+        if amount <= 0:
+            raise PolicyError(
+                f"the budget of '{dataset.name}' has no delta set aside for partition selection; declare the "
+                f"categories of {_names(undeclared)} ({example} in dp.protect or the policy).")
+        return amount
 
-def _parameters(dataset: Dataset, scope, tier: str, epsilon, delta) -> tuple[str, float, float]:
-    """Purpose, epsilon and delta of a release: the call's, else the cell's, else the policy's."""
+    def _check_scope_caps(self, scope, dataset: Dataset, units: int) -> None:
+        for each in scope.chain():
+            if each.budget is not None and \
+                    each.spent_units.get(_key(dataset), 0) + units > _share_units(dataset.record, each.budget):
+                raise BudgetExceededError(
+                    f"this release would take the cell past its --budget of ε={each.budget:g} on "
+                    f"'{dataset.name}'. Ask for less (epsilon=...) or raise the cell's --budget.")
+
+    def _check_affordable(self, record: BudgetRecord, units: int, needs: str) -> None:
+        """Refuse, before anything is charged, a release the budget could not pay for in full."""
+        current = self.accountant.ledger.budget(name=record.name, user=record.user)
+        left = current.cap_units - current.spent_units
+        if units > left:
+            raise BudgetExceededError(
+                f"{needs}, more than is left of the budget of '{record.name}' (about "
+                f"ε={_epsilon_of_share(current, left):.4g}); nothing was charged. Ask for less (a smaller "
+                "epsilon or a looser accuracy), or see %dp budget.")
+
+    def _estimate_bounds(self, dataset: Dataset, columns, units: int, epsilon: float, delta: float,
+                         purpose: str, tiers) -> tuple[str, ...]:
+        """Spend ``units`` on DP bounds of ``columns`` (charged, then remembered for the dataset)."""
+        record = dataset.record
+        query = Query(dataset.name, (), unit=dataset.unit, max_rows=dataset.max_rows)
+        primitives = [estimation_primitive(column) for column in columns]
+        noises = _calibrate(primitives, [1.0 / len(primitives)] * len(primitives), units, query, record.mode)
+        exact = _run(dataset, query, primitives)
+        touched = {dataset.column(c).tier for c in columns}
+        cost = _cost(record, units, epsilon, delta)
+        charge = self.accountant.charge(
+            record, cost, query=f"bounds of {', '.join(columns)}", mechanism=noises[0].name,
+            tier=dataset.policy.strictest(touched), purpose=purpose, units=units,
+            tier_shares=_tier_shares(dataset, touched), purpose_reserves=dataset.policy.purpose_reserves())
+        for column, noise, values in zip(columns, noises, exact):
+            found = EstimatedBounds(column, *bounds_from(noise(values[0]), noise), epsilon / len(columns), charge.id)
+            dataset.estimates[column] = found
+            self.accountant.ledger.record_bounds(name=record.name, user=record.user, column=column, low=found.low,
+                                                 high=found.high, epsilon=found.epsilon, charge_id=charge.id)
+        return tuple(columns)
+
+    def _explanation(self, dataset, draft, record, epsilon, delta, purpose, tier, pending, estimate_units,
+                     accuracy) -> Explanation:
+        current = self.accountant.ledger.budget(name=record.name, user=record.user)
+        left = current.cap_units - current.spent_units
+        units = draft.units + estimate_units
+        lines = []
+        for comp, noises in draft.measure_noises():
+            if _needs(comp.measure, pending):
+                lines.append((describe(comp.measure), "depends on the bounds, which are estimated first"))
+            else:
+                lines.append((describe(comp.measure), comp.noise_text(noises)))
+        notes = list(draft.notes())
+        if pending:
+            notes.append(f"bounds of {_names(pending)} are not declared: ε={epsilon * estimate_units / units:.3g} "
+                         "of this goes to a DP estimate of them (once; later releases reuse it)")
+        for column in sorted(_estimated_columns(dataset, draft.query)):
+            notes.append(dataset.estimates[column].note(fresh=False))
+        if accuracy is not None:
+            notes.append(f"ε chosen for an accuracy of {accuracy} (95%)")
+        return Explanation(
+            dataset=dataset.name, query=describe(draft.query), epsilon=epsilon,
+            delta=(delta or 0.0) + draft.selection_delta, mechanism=draft.mechanism, purpose=purpose, tier=tier,
+            accuracy=tuple(lines), notes=tuple(notes), affordable=units <= left,
+            remaining=_epsilon_of_share(current, left))
+
+
+def _parameters(dataset: Dataset, scope, tier: str, epsilon, delta) -> tuple[str, float | None, float]:
+    """Purpose, epsilon and delta of a release: the call's, else the cell's, else the policy's.
+
+    Epsilon is None when the cell asks for an accuracy instead (the release then searches for it).
+    """
     purpose = dataset.policy.purpose(scope_value(scope, "purpose") or dataset.policy.default_purpose).name
+    if epsilon is None and scope.accuracy is not None:
+        return purpose, None, 0.0
     if epsilon is None:
         epsilon = scope_value(scope, "epsilon")
     if epsilon is None:
@@ -287,7 +413,11 @@ def _share_units(record: BudgetRecord, epsilon: float) -> int:
     """
     if record.mode == "pure":
         return _whole_units(epsilon)
-    return _whole_units(record.cap_units / UNITS_PER_ONE * epsilon / record.epsilon_total)
+    # Rounded down, exactly: k shares of total/k must fit the cap together, whatever its last digit.
+    units = math.floor(record.cap_units * Fraction(repr(float(epsilon))) / Fraction(repr(record.epsilon_total)))
+    if units < 1:
+        raise PolicyError(f"epsilon {epsilon!r} is below the ledger's resolution for this budget; ask for more.")
+    return units
 
 
 def _release_units(record: BudgetRecord, epsilon: float, delta: float) -> int:
@@ -295,21 +425,6 @@ def _release_units(record: BudgetRecord, epsilon: float, delta: float) -> int:
         # With its own delta, a release gets the largest rho that keeps it (epsilon, delta)-DP.
         return _whole_units(epsilon_delta_to_rho(epsilon, delta))
     return _share_units(record, epsilon)
-
-
-def _calibrate(primitives, weights: list[float], units: int, query: Query, mode: str) -> list:
-    """One OpenDP measurement per primitive, splitting ``units`` in proportion to ``weights``."""
-    measure = mechanisms.PURE if mode == "pure" else mechanisms.ZCDP
-    noises = []
-    for prim, part in zip(primitives, _split_units(units, weights)):
-        loss = Fraction(part, UNITS_PER_ONE)
-        sensitivity = prim.sensitivity() * query.max_rows
-        if isinstance(prim, QuantileScores):
-            noises.append(mechanisms.noisy_max(sensitivity=sensitivity, loss=loss, measure=measure))
-        else:
-            noises.append(mechanisms.additive(sensitivity=sensitivity, loss=loss, measure=measure,
-                                              vector=bool(query.by)))
-    return noises
 
 
 def _whole_units(loss: float) -> int:
@@ -324,15 +439,6 @@ def _whole_units(loss: float) -> int:
     return units
 
 
-def _split_units(units: int, weights: list[float]) -> list[int]:
-    """Whole units per primitive, in proportion to ``weights``, adding up to exactly ``units``."""
-    parts = [math.floor(units * w) for w in weights]
-    parts[max(range(len(weights)), key=weights.__getitem__)] += units - sum(parts)
-    if min(parts) < 1:
-        raise PolicyError("epsilon is too small to split among the parts of this release; ask for more.")
-    return parts
-
-
 def scope_value(scope, name):
     for each in scope.chain():
         value = getattr(each, name)
@@ -341,69 +447,178 @@ def scope_value(scope, name):
     return None
 
 
-def _add_noise(noise, prim, values: list, vector: bool) -> list:
-    """Noisy values, one per group (for quantile scores: the selected candidate's index)."""
-    if isinstance(prim, QuantileScores) or not vector:
-        return [noise(values[0])]
-    return noise(values)
+def _epsilon_of_share(record: BudgetRecord, units: int) -> float:
+    """The epsilon that ``units`` stand for: itself (pure budgets) or its share of the budget (zCDP)."""
+    if record.mode == "pure":
+        return units / UNITS_PER_ONE
+    return record.epsilon_total * units / record.cap_units
 
 
-def _notes(query: Query) -> tuple:
-    notes = []
-    if query.unit is not None:
-        notes.append(f"at most {query.max_rows} row(s) per '{query.unit}' counted")
-    return tuple(notes)
+def _cost(record: BudgetRecord, units: int, epsilon: float, delta: float) -> Cost:
+    if record.mode == "pure":
+        return Cost(epsilon=units / UNITS_PER_ONE)
+    return Cost(epsilon=epsilon, delta=delta, rho=units / UNITS_PER_ONE)
 
 
-def _labels(by: tuple):
-    if len(by) == 1:
-        return pd.Index(list(by[0].categories), name=by[0].label)
-    return pd.MultiIndex.from_product([list(k.categories) for k in by], names=[k.label for k in by])
+def _info(dataset: Dataset, query: Query, mechanism: str, cost: Cost, charge_id: int, purpose: str, tier: str,
+          notes: tuple, *, selection_delta: float = 0.0) -> ReleaseInfo:
+    return ReleaseInfo(dataset=dataset.name, query=describe(query), mechanism=mechanism, epsilon=cost.epsilon,
+                       delta=cost.delta + selection_delta, rho=cost.rho, ci_low=None, ci_high=None, accuracy="",
+                       purpose=purpose, tier=tier, charge_id=charge_id, notes=tuple(notes))
 
 
-def _shape(outcomes: list[Outcome], info: ReleaseInfo, by: tuple, shape: str, labels: Sequence[str]):
-    accuracy = "; ".join(dict.fromkeys(o.accuracy for o in outcomes))
-    integer = all(o.integer for o in outcomes)
-    if shape == "scalar":
-        out = outcomes[0]
-        info = replace(info, ci_low=_scalar(out.ci_low), ci_high=_scalar(out.ci_high), accuracy=accuracy)
-        value = float(out.values[0])
-        return DPInt(int(round(value)), info) if out.integer else DPFloat(value, info)
-    if by:
-        index = _labels(by)
-    else:
-        index = pd.Index(list(labels))
-    if shape == "series":
-        if by:
-            out = outcomes[0]
-            values, low, high = out.values, out.ci_low, out.ci_high
-            name = labels[0] if labels else None
+def _run(dataset: Dataset, query: Query, primitives) -> Exact:
+    """Exact values from the engine; a failure charges nothing and says nothing about the data."""
+    try:
+        return dataset.engine.run(query, primitives)
+    except Exception as error:
+        # The original message may quote values from the data: do not pass it on.
+        raise PrivacyError(
+            f"computing {describe(query)} failed on the data ({type(error).__name__}); nothing was "
+            "charged. Check the column types and the operations in the cell.") from None
+
+
+def _key(dataset: Dataset) -> tuple[str, str]:
+    return (dataset.name, dataset.user)
+
+
+def _tier_shares(dataset: Dataset, tiers) -> dict:
+    return {t: dataset.policy.tier(t).max_share for t in tiers}
+
+
+def _names(columns) -> str:
+    return ", ".join(f"'{c}'" for c in columns)
+
+
+# ------------------------------------------------------------------------------------------ bounds
+def _bounded(measure) -> bool:
+    """Whether a measure clamps to bounds (counts do not)."""
+    return hasattr(measure, "low")
+
+
+def _known_bounds(dataset: Dataset, query: Query) -> tuple[Query, tuple]:
+    """The query with every bound that is declared or already estimated filled in, and the columns
+    whose bounds must still be estimated (refused here when the policy does not allow it)."""
+    measures, pending = [], []
+    for measure in query.measures:
+        if not _bounded(measure) or measure.low is not None:
+            measures.append(measure)
+            continue
+        missing = [c for c in sorted(columns_of(measure.expr))
+                   if dataset.column(c).bounds is None and c not in dataset.estimates]
+        for column in missing:
+            _check_estimable(dataset, column)
+        if missing:
+            pending += missing
+            if _derived_bounds(dataset, measure.expr, placeholder=set(missing)) is None:
+                raise PolicyError(f"bounds for {describe(measure.expr)} cannot be derived from its columns' bounds; "
+                                  "pass bounds=(low, high) to this call, or clip() the values first.")
+            measures.append(measure)
+            continue
+        low, high = _derived_bounds(dataset, measure.expr) or (None, None)
+        if low is None or not low < high:
+            raise PolicyError(f"bounds for {describe(measure.expr)} cannot be derived from its columns' bounds "
+                              f"(got {low}, {high}); pass bounds=(low, high) to this call.")
+        measures.append(replace(measure, low=low, high=high))
+    return replace(query, measures=tuple(measures)), tuple(dict.fromkeys(pending))
+
+
+def _derived_bounds(dataset: Dataset, expr, *, placeholder=frozenset()):
+    def column_bounds(name):
+        if name in placeholder:
+            return (1.0, 2.0)
+        declared = dataset.column(name).bounds
+        if declared is not None:
+            return declared
+        found = dataset.estimates.get(name)
+        return None if found is None else (found.low, found.high)
+
+    return bounds_of(expr, column_bounds, dataset.schema)
+
+
+def _check_estimable(dataset: Dataset, column: str) -> None:
+    tier = dataset.column(column).tier
+    if dataset.policy.tier(tier).missing_bounds != "estimate":
+        raise missing_bounds_error(column, tier)
+    if dataset.schema.get(column) not in ("numeric", "bool"):
+        raise missing_bounds_error(column)
+
+
+def _placeholder_bounds(query: Query, pending) -> Query:
+    """Stand-in bounds for measures whose bounds are still to be estimated: the noise does not depend on
+    bounds (only how noise maps to values does), so a draft can be planned and explained before."""
+    if not pending:
+        return query
+    measures = tuple(replace(m, low=-1.0, high=1.0) if _bounded(m) and m.low is None else m for m in query.measures)
+    return replace(query, measures=measures)
+
+
+def _needs(measure, pending) -> bool:
+    return _bounded(measure) and measure.low is None and bool(columns_of(measure.expr) & set(pending))
+
+
+def _estimated_columns(dataset: Dataset, query: Query) -> set[str]:
+    """Columns whose estimated bounds the query's measures clamp to."""
+    used = set()
+    for measure in query.measures:
+        if _bounded(measure):
+            used |= {c for c in columns_of(measure.expr) if dataset.column(c).bounds is None}
+    return used & set(dataset.estimates)
+
+
+# ---------------------------------------------------------------------------------------- accuracy
+_MAX_ACCURACY_EPSILON = 1e4
+
+
+def _units_for_accuracy(query: Query, accuracy, record: BudgetRecord, selection_delta: float) -> int:
+    """The fewest units whose draft meets ``accuracy`` for every measure (searched, data-free)."""
+    targets = []
+    for measure in query.measures:
+        if not isinstance(measure, (Count, Sum, Histogram)):
+            raise PolicyError(
+                f"an accuracy target needs an interval that does not depend on the data; {describe(measure)}'s "
+                "does (a mean's interval shrinks with the number of values). Use --epsilon for it, and "
+                "%dp explain to see its accuracy, or ask for a sum or a count with --accuracy.")
+        if accuracy.relative:
+            if not _bounded(measure):
+                raise PolicyError("a count has no bounds, so a relative accuracy means nothing for it; give an "
+                                  "absolute one, e.g. --accuracy 10 (rows).")
+            targets.append(accuracy.value * (measure.high - measure.low))
         else:
-            values = np.asarray([o.values[0] for o in outcomes])
-            low = None if any(o.ci_low is None for o in outcomes) else np.asarray([o.ci_low[0] for o in outcomes])
-            high = None if low is None else np.asarray([o.ci_high[0] for o in outcomes])
-            name = None
-        dtype = "int64" if integer else "float64"
-        series_values = np.rint(values).astype(dtype) if integer else values.astype(dtype)
-        ci_low = None if low is None else pd.Series(low, index=index, name=name)
-        ci_high = None if high is None else pd.Series(high, index=index, name=name)
-        result = DPSeries(series_values, index=index, name=name)
-        result._dp = replace(info, ci_low=ci_low, ci_high=ci_high, accuracy=accuracy)
-        return result
-    columns = list(labels)
-    data = {c: (np.rint(o.values).astype("int64") if o.integer else o.values) for c, o in zip(columns, outcomes)}
-    result = DPFrame(data, index=index, columns=columns)
-    if all(o.ci_low is not None for o in outcomes):
-        low = pd.DataFrame({c: o.ci_low for c, o in zip(columns, outcomes)}, index=index)
-        high = pd.DataFrame({c: o.ci_high for c, o in zip(columns, outcomes)}, index=index)
-    else:
-        low = high = None
-    result._dp = replace(info, ci_low=low, ci_high=high, accuracy=accuracy)
-    return result
+            targets.append(accuracy.value)
+
+    def meets(units: int) -> bool:
+        planned = _draft(query, units, record.mode, selection_delta)
+        return all(comp.half_width(noises) <= target
+                   for (comp, noises), target in zip(planned.measure_noises(), targets))
+
+    most = _share_units(record, _MAX_ACCURACY_EPSILON)
+    low, high = 0, min(most, max(len(query.measures) * 8, 1 << 20))
+    while not meets(high):
+        if high >= most:
+            raise PolicyError(f"no epsilon up to {_MAX_ACCURACY_EPSILON:g} gives an accuracy of {accuracy} for "
+                              f"{describe(query)}; ask for a looser accuracy.")
+        low, high = high, min(most, high * 4)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if meets(mid) else (mid, high)
+    return high
 
 
-def _scalar(value):
-    return None if value is None else float(value[0])
+def _constant_unbounded(frame: pd.DataFrame, policy: Policy, unit: str | None) -> list[str]:
+    """Numeric columns without bounds, whose bounds the policy would estimate, that hold one value."""
+    found = []
+    for name, dtype in frame.dtypes.items():
+        if name == unit or dtype_kind(dtype) != "numeric" or not len(frame):
+            continue
+        resolved = policy.resolve(name, dtype)
+        if resolved.bounds is not None or resolved.tier == "identifier" or \
+                policy.tier(resolved.tier).missing_bounds != "estimate":
+            continue
+        values = frame[name]
+        if values.min() == values.max():
+            found.append(name)
+    return found
 
 
 def _require_column(name, columns, *, where: str) -> None:

@@ -22,7 +22,14 @@ BAD_RELEASES = [
     ("unknown column", lambda pf: pf["agee"].mean(), "Did you mean 'age'"),
     ("text column mean", lambda pf: pf.ward.mean(), "numeric"),
     ("text column sum", lambda pf: pf.diagnosis.sum(), "numeric"),
-    ("no bounds", lambda pf: pf.weight.mean(), "bounds="),
+    ("no bounds on a sensitive column", lambda pf: pf.hba1c.mean(), "bounds={'hba1c'"),
+    ("accuracy with a mean", lambda pf: _with_accuracy(pf, lambda: pf.age.mean()), "--epsilon"),
+    ("relative accuracy of a count", lambda pf: _with_accuracy(pf, lambda: len(pf), "5%"), "absolute"),
+    ("unreachable accuracy", lambda pf: _with_accuracy(pf, lambda: pf.age.sum(bounds=(0, 1e15)), 1e-6),
+     "looser accuracy"),
+    ("partition selection on a pure budget", lambda pf: pf.diagnosis.value_counts(), "categories="),
+    ("histogram of text", lambda pf: pf.ward.plot.hist(), "value_counts"),
+    ("histogram with bins from data", lambda pf: pf.age.plot.hist(bins=[1, 2]), "never the data"),
     ("reversed call bounds", lambda pf: pf.age.mean(bounds=(110, 0)), "reversed"),
     ("single-value bounds", lambda pf: pf.age.mean(bounds=(5, 5)), "low < high"),
     ("non-finite bounds", lambda pf: pf.age.mean(bounds=(0, float("inf"))), "finite"),
@@ -45,6 +52,11 @@ def _with_purpose(pf, purpose):
         return pf.age.mean()
 
 
+def _with_accuracy(pf, release, accuracy=1):
+    with dp.spending(accuracy=accuracy):
+        return release()
+
+
 @pytest.fixture
 def frame():
     rng = np.random.default_rng(3)
@@ -52,6 +64,7 @@ def frame():
     return pd.DataFrame({
         "age": rng.uniform(18, 90, n), "weight": rng.uniform(40, 120, n),
         "ward": rng.choice(["cardio", "onco"], n), "diagnosis": rng.choice(["a", "b"], n),
+        "hba1c": rng.uniform(4, 12, n),
     })
 
 
@@ -80,6 +93,9 @@ BAD_PROTECTS = [
     ("unknown unit", dict(privacy_unit="pid"), "privacy_unit"),
     ("max rows without unit", dict(max_rows_per_unit=3), "privacy_unit"),
     ("max rows zero", dict(max_rows_per_unit=0), "max_rows_per_unit"),
+    ("max groups zero", dict(privacy_unit="ward", max_groups_per_unit=0), "max_groups_per_unit"),
+    ("max groups without unit", dict(max_groups_per_unit=2), "privacy_unit"),
+    ("unit column all empty", dict(privacy_unit="nobody"), "empty in every row"),
     ("no name", dict(name=" "), "name"),
     ("policy of wrong type", dict(policy=3), "policy="),
 ]
@@ -90,7 +106,7 @@ def test_bad_protect_inputs(ledger_path, frame, label, options, advice):
     kwargs = dict(name="visits", epsilon=1.0)
     kwargs.update(options)
     with pytest.raises(dp.PrivacyError) as caught:
-        dp.protect(frame, **kwargs)
+        dp.protect(frame.assign(nobody=None) if kwargs.get("privacy_unit") == "nobody" else frame, **kwargs)
     assert advice in str(caught.value), str(caught.value)
 
 

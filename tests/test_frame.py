@@ -125,7 +125,7 @@ REFUSALS = [
     lambda pf: pf.age.values, lambda pf: np.asarray(pf.age), lambda pf: pf.age.tolist(),
     lambda pf: pf.age[0], lambda pf: pf.age.iloc[0], lambda pf: pf.age.head(), lambda pf: pf.index,
     lambda pf: pf.iterrows(), lambda pf: bool(pf), lambda pf: float(pf.age), lambda pf: pf[1:3],
-    lambda pf: pf.groupby("ward").head(), lambda pf: list(pf.groupby("ward")), lambda pf: pf.describe(),
+    lambda pf: pf.groupby("ward").head(), lambda pf: list(pf.groupby("ward")), lambda pf: pf.plot,
     lambda pf: pf.empty, lambda pf: pf.age.to_list(), lambda pf: pf.sort_values("age"),
 ]
 

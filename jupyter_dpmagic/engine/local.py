@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 from ..plan import ARITHMETIC
-from ..plan import (AsType, Between, BinOp, Clip, Col, Expr, FillNA, FixedSum, IsIn, IsNA, Lit, Query,
-                    QuantileScores, RowCount, UnOp)
+from ..plan import (AsType, BinCounts, Between, BinOp, Clip, Col, Expr, FillNA, FixedSum, IsIn, IsNA, Lit,
+                    Query, QuantileScores, RowCount, UnOp)
 
-__all__ = ["LocalEngine"]
+__all__ = ["LocalEngine", "Exact"]
 
 # Rows per block of fixed-point work: small enough to stay in cache, and a float64 sum of a block's
 # integer terms (each at most 2**23 in size) stays below 2**53, so it never rounds.
@@ -29,6 +29,19 @@ _BINARY = {
     "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
     ">=": operator.ge, "&": operator.and_, "|": operator.or_, "^": operator.xor,
 }
+
+
+class Exact(list):
+    """Exact values per primitive (a list, one entry per group) and, for groups the data chose, their keys.
+
+    ``keys`` is None when every group key had declared categories (groups are then their product, in
+    order); otherwise it lists the key tuple of each group found in the data. Those keys are private
+    until partition selection has chosen which of them may be released.
+    """
+
+    def __init__(self, values, keys=None):
+        super().__init__(values)
+        self.keys = keys
 
 
 class LocalEngine:
@@ -43,15 +56,15 @@ class LocalEngine:
         self._unit_codes: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------------------------ public
-    def run(self, query: Query, primitives: Sequence) -> list[list]:
+    def run(self, query: Query, primitives: Sequence) -> Exact:
         """Exact values of ``primitives``: per primitive, a list with one entry per group.
 
         Without ``query.by`` there is one group. Entries are Python integers, except for quantile
-        scores, whose single entry is the list of integer scores of every candidate.
+        scores and bin counts, whose single entry is the list of integers of every candidate or bin.
         """
         cache: dict = {}
         rows = self._where(query.where, cache)
-        codes, n_groups, complete = self._group_codes(query.by, cache)
+        codes, n_groups, complete, keys = self._group_codes(query.by, cache)
         if codes is not None and not complete:
             rows = _and(rows, codes >= 0)
         keep_by_expr: dict = {}
@@ -63,10 +76,11 @@ class LocalEngine:
                 if key is not None:
                     keep = _and(keep, self._notna(key, cache))
                 if query.unit is not None:
-                    keep = self._bound(keep, query.unit, query.max_rows)
+                    groups = codes if query.max_groups is not None else None
+                    keep = self._bound(keep, query.unit, query.max_rows, groups, query.max_groups)
                 keep_by_expr[key] = keep
             out.append(self._primitive(prim, keep_by_expr[key], codes, n_groups, cache))
-        return out
+        return Exact(out, keys)
 
     # -------------------------------------------------------------------------------- evaluation
     def evaluate(self, expr: Expr, cache: dict | None = None):
@@ -165,46 +179,69 @@ class LocalEngine:
         return rows
 
     # ---------------------------------------------------------------------------------- grouping
-    def _group_codes(self, keys, cache) -> tuple[np.ndarray | None, int, bool]:
-        """Group number of every row (-1: in no declared group), the number of groups, and whether
-        every row is in a group."""
+    def _group_codes(self, keys, cache):
+        """Group number of every row (-1: in no group), the number of groups, whether every row is
+        in a group, and the key tuples of the groups (None when all keys are declared)."""
         if not keys:
-            return None, 1, True
+            return None, 1, True, None
         token = ("groups", keys)
         if token in self._source_cache:
             return self._source_cache[token]
-        codes = None
-        stride = 1
-        for key in reversed(keys):
-            key_codes = self._key_codes(key, cache)
+        parts = [self._key_codes(key, cache) for key in keys]
+        codes, stride = None, 1
+        for key_codes, values in reversed(parts):
             if codes is None:
-                codes = key_codes
+                codes = key_codes.astype(np.int64)
             else:
-                wide = codes.astype(np.int64) + key_codes.astype(np.int64) * stride
+                wide = codes + key_codes.astype(np.int64) * stride
                 codes = np.where((codes < 0) | (key_codes < 0), -1, wide)
-            stride *= len(key.categories)
+            stride *= len(values)
+        found = None
+        if any(not key.declared for key in keys):
+            # Number only the combinations present in the data; their keys stay private until the
+            # session's partition selection decides which may be released.
+            present = codes >= 0
+            compact, combos = pd.factorize(codes[present], sort=True)
+            codes = np.full(len(codes), -1, dtype=np.int64)
+            codes[present] = compact
+            stride = len(combos)
+            found = []
+            for combo in combos.tolist():
+                key_values = []
+                for _, values in reversed(parts):
+                    combo, at = divmod(combo, len(values))
+                    key_values.append(values[at])
+                found.append(tuple(reversed(key_values)))
         codes = codes.astype(_code_dtype(stride), copy=False)
-        result = (codes, stride, bool(codes.min(initial=0) >= 0))
+        result = (codes, stride, bool(codes.min(initial=0) >= 0), found)
         if all(isinstance(k.expr, Col) for k in keys):
             self._source_cache[token] = result
         return result
 
-    def _key_codes(self, key, cache) -> np.ndarray:
+    def _key_codes(self, key, cache) -> tuple[np.ndarray, list]:
+        """Codes of one key's values (-1: missing or not a declared category) and the values coded."""
         # Source columns never change after protect(), so their codes are cached across queries.
         cacheable = isinstance(key.expr, Col)
         token = (key.expr, key.categories)
         if cacheable and token in self._source_cache:
             return self._source_cache[token]
         values = self.evaluate(key.expr, cache)
-        index = pd.Index(list(key.categories))
-        codes = index.get_indexer(pd.Index(values)).astype(_code_dtype(len(key.categories)))
+        if key.declared:
+            categories = list(key.categories)
+            codes = pd.Index(categories).get_indexer(pd.Index(values))
+        else:
+            codes, uniques = pd.factorize(values, use_na_sentinel=True)
+            categories = list(uniques)
+        result = (codes.astype(_code_dtype(len(categories))), categories)
         if cacheable:
-            self._source_cache[token] = codes
-        return codes
+            self._source_cache[token] = result
+        return result
 
     # ------------------------------------------------------------------------ contribution bounds
-    def _bound(self, keep: np.ndarray | None, unit: str, max_rows: int) -> np.ndarray:
-        """Keep at most ``max_rows`` rows per person, chosen uniformly at random within that person.
+    def _bound(self, keep: np.ndarray | None, unit: str, max_rows: int, groups: np.ndarray | None = None,
+               max_groups: int | None = None) -> np.ndarray:
+        """Keep at most ``max_rows`` rows per person (and, with ``groups``, rows of at most
+        ``max_groups`` of that person's groups), chosen uniformly at random within that person.
 
         The choice for one person depends only on that person's own rows and fresh randomness, never
         on other people's data, so the bound on each person's influence holds.
@@ -213,13 +250,12 @@ class LocalEngine:
             self._unit_codes[unit] = pd.factorize(self._frame[unit], use_na_sentinel=True)[0]
         unit_codes = self._unit_codes[unit]
         index = np.arange(self._n) if keep is None else np.flatnonzero(keep)
-        people = unit_codes[index]
         rng = np.random.default_rng(secrets.randbits(128))
+        if groups is not None and max_groups is not None:
+            index = index[_ranked_within(unit_codes[index], groups[index], rng) < max_groups]
+        people = unit_codes[index]
         order = np.lexsort((rng.random(len(index)), people))
-        sorted_people = people[order]
-        starts = np.flatnonzero(np.r_[True, sorted_people[1:] != sorted_people[:-1]])
-        lengths = np.diff(np.r_[starts, len(order)])
-        rank = np.arange(len(order)) - np.repeat(starts, lengths)
+        rank = _rank_in_runs(people[order])
         bounded = np.zeros(self._n, dtype=bool)
         bounded[index[order[rank < max_rows]]] = True
         return bounded
@@ -240,7 +276,33 @@ class LocalEngine:
             if group is not None:
                 raise TypeError("quantile scores are computed without groups")
             return [_quantile_scores(values, prim)]
+        if isinstance(prim, BinCounts):
+            if group is not None:
+                raise TypeError("histograms are computed without groups")
+            return [_bin_counts(values, prim)]
         raise TypeError(f"unknown primitive {prim!r}")
+
+
+def _rank_in_runs(sorted_keys: np.ndarray) -> np.ndarray:
+    """0, 1, 2... within each run of equal values of an already sorted array."""
+    if len(sorted_keys) == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    lengths = np.diff(np.r_[starts, len(sorted_keys)])
+    return np.arange(len(sorted_keys)) - np.repeat(starts, lengths)
+
+
+def _ranked_within(people: np.ndarray, groups: np.ndarray, rng) -> np.ndarray:
+    """For each row, the random rank of its group among the groups of its person (0 = kept first)."""
+    pairs = people.astype(np.int64) * (int(groups.max(initial=0)) + 1) + groups.astype(np.int64)
+    pair_ids, unique_pairs = pd.factorize(pairs)
+    # One random priority per (person, group): every group of a person is equally likely to be kept.
+    priority = rng.random(len(unique_pairs))
+    pair_people = unique_pairs // (int(groups.max(initial=0)) + 1)
+    order = np.lexsort((priority, pair_people))
+    pair_rank = np.empty(len(unique_pairs), dtype=np.int64)
+    pair_rank[order] = _rank_in_runs(pair_people[order])
+    return pair_rank[pair_ids]
 
 
 def _code_dtype(n_groups: int):
@@ -350,3 +412,10 @@ def _quantile_scores(values: np.ndarray, prim: QuantileScores) -> list[int]:
     above = len(x) - np.cumsum(np.bincount(left, minlength=n_cand + 1))[:n_cand]
     scores = -np.abs((prim.den - prim.num) * below.astype(np.int64) - prim.num * above.astype(np.int64))
     return [int(s) for s in scores]
+
+
+def _bin_counts(values: np.ndarray, prim: BinCounts) -> list[int]:
+    """Rows per bin; values outside the edges fall in the outer bins (they were clamped)."""
+    edges = np.asarray(prim.edges)
+    at = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
+    return [int(c) for c in np.bincount(at, minlength=len(edges) - 1)]
