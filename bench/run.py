@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Benchmark of jupyter-dpmagic: speed, fixed cost per release, accuracy and memory, with anchors.
+"""Benchmark of jupyter-dpmagic: speed, fixed cost per release, accuracy and memory, with anchors;
+grouped means with a privacy unit, interval coverage and the leak rate of partition selection.
 
     python bench/run.py            # full run (1e6 and 1e7 rows), about 5-10 minutes on 2 cores
     python bench/run.py --quick    # 1e6 rows only, fewer repetitions, about 1 minute
@@ -55,9 +56,27 @@ FIXED_GOAL_MS = 3.0  # per release, tiny frame
 ACCURACY_GOAL_A = 0.07  # mean absolute error, uniform data
 
 FULL = dict(sizes=[10**6, 10**7], reps={10**6: 7, 10**7: 5}, fixed_reps=200, profile_reps=200,
-            accuracy_runs=2000, accuracy_n=1000, memory_n=10**7)
+            accuracy_runs=2000, accuracy_n=1000, memory_n=10**7,
+            unit_n=10**7, unit_patients=10**6, unit_reps=5, unit_selection=True,
+            coverage_n=2 * 10**6, coverage_groups=1000, coverage_reps=20, leak_runs=3000)
 QUICK = dict(sizes=[10**6], reps={10**6: 3}, fixed_reps=50, profile_reps=200,
-             accuracy_runs=300, accuracy_n=1000, memory_n=10**6)
+             accuracy_runs=300, accuracy_n=1000, memory_n=10**6,
+             unit_n=10**6, unit_patients=10**5, unit_reps=3, unit_selection=True,
+             coverage_n=2 * 10**5, coverage_groups=200, coverage_reps=20, leak_runs=300)
+SECTIONS = ["speed", "fixed", "unit_mean", "accuracy", "coverage", "leak", "memory"]
+
+# Grouped mean with a privacy unit (section unit_mean).
+UNIT_WARDS = ["cardiology", "emergency", "icu", "maternity", "oncology", "surgery"]
+UNIT_MAX_ROWS = 5
+# Interval coverage (section coverage).
+COVERAGE_GOAL = (0.94, 0.96)
+# Partition-selection leak rate (section leak): rows per common diagnosis (about 2 rows per patient).
+LEAK_COMMON = {"hypertension": 1600, "diabetes": 1000, "asthma": 600, "copd": 300}
+LEAK_MAX_ROWS = 3
+LEAK_DELTA = 1e-6
+LEAK_RELEASES_PER_BUDGET = 100  # what a budget's partition-selection reserve pays for
+
+RUN_ID = f"{os.getpid()}_{int(time.time())}"  # makes the dataset names of this run unique
 
 # (id, label, expression with {f} for the frame). The same text runs on the pandas DataFrame (f=df)
 # and on the private frame (f=pf), in a %%dp cell and in a dp.spending() block.
@@ -711,6 +730,388 @@ def bench_accuracy(cfg, dp, results) -> None:
         print(f"  {name}: {note}")
 
 
+# ------------------------------------------------------------------------------ grouped mean by person
+def _unique(name: str) -> str:
+    """A dataset name of its own in every run (the ledger is fresh, but names must not collide)."""
+    return f"{name}_{RUN_ID}"
+
+
+def patient_visits(n: int, patients: int, seed: int):
+    """``n`` visits of ``patients`` patients in random order: patient_id (1 to 30 visits each, most
+    patients few and some many), ward (str, UNIT_WARDS) and los (exponential, mean 5, clipped to LOS_BOUNDS).
+    """
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    # 1 + floor(29 u^2): P(k visits) falls like k^-1/2 over 1..30, mean about 10 visits.
+    visits = 1 + np.floor(29 * rng.random(patients) ** 2.05).astype(np.int64)
+    short = n - int(visits.sum())  # then nudge single patients by one visit to reach exactly n rows
+    if short:
+        room = np.flatnonzero(visits < 30) if short > 0 else np.flatnonzero(visits > 1)
+        visits[rng.choice(room, abs(short), replace=False)] += 1 if short > 0 else -1
+    ids = rng.permutation(np.repeat(np.arange(patients, dtype=np.int64), visits))
+    ward = pd.Categorical.from_codes(rng.integers(0, len(UNIT_WARDS), n), categories=UNIT_WARDS)
+    return pd.DataFrame({
+        "patient_id": ids,
+        "ward": pd.Series(ward).astype("str"),
+        "los": np.minimum(rng.exponential(5.0, n), LOS_BOUNDS[1]),
+    }), visits
+
+
+def bench_unit_mean(cfg, dp, results) -> None:
+    """Grouped mean with a privacy unit (at most UNIT_MAX_ROWS visits per patient), against plain pandas."""
+    n, patients, reps = cfg["unit_n"], cfg["unit_patients"], cfg["unit_reps"]
+    out = results["unit_mean"] = {"n": n, "patients": patients, "reps": reps, "max_rows_per_unit": UNIT_MAX_ROWS,
+                                  "loadavg": os.getloadavg(), "cases": {}}
+    print(f"\n== Grouped mean with a privacy unit: N = {n:,} visits of {patients:,} patients, at most "
+          f"{UNIT_MAX_ROWS} visits per patient; median of {reps} after one warm-up call, interleaved "
+          f"(load average {out['loadavg'][0]:.2f}) ==", flush=True)
+    start = time.perf_counter()
+    df, visits = patient_visits(n, patients, seed=n % 9973 + 1)
+    out["build_data_s"] = time.perf_counter() - start
+    out["visits_per_patient"] = {"mean": float(visits.mean()), "median": float(statistics.median(visits.tolist())),
+                                 "share_over_max_rows": float((visits > UNIT_MAX_ROWS).mean()),
+                                 "max": int(visits.max())}
+    # (case, title, frame, protect arguments, group column)
+    cases = [("declared", "groupby('ward')['los'].mean(), declared wards", df,
+              dict(epsilon=BIG_BUDGET, categories={"ward": UNIT_WARDS}), "ward")]
+    if cfg["unit_selection"]:
+        # Another copy: an extra column 'dept' without declared categories (the groups are chosen by DP
+        # partition selection, which needs a delta); new data, so the ledger sees a new dataset.
+        cases.append(("selection", "groupby('dept')['los'].mean(), partition selection (δ budget)",
+                      df.assign(dept=df["ward"]),
+                      dict(epsilon=BIG_BUDGET, delta=1e-6, categories={"ward": UNIT_WARDS}), "dept"))
+    rows = []
+    for case, title, frame, kwargs, column in cases:
+        entry = out["cases"][case] = {"label": title}
+        try:
+            start = time.perf_counter()
+            pf = dp.protect(frame, name=_unique(f"unit_mean_{case}_{n}"), bounds={"los": LOS_BOUNDS},
+                            privacy_unit="patient_id", max_rows_per_unit=UNIT_MAX_ROWS, **kwargs)
+            entry["protect_s"] = time.perf_counter() - start
+        except Exception as exc:  # noqa: BLE001
+            entry["error"] = _error_text(exc)
+            rows.append([title, "error", "", "", "", ""])
+            print(f"  ERROR protect ({case}): {entry['error']}")
+            continue
+
+        def private(pf=pf, column=column):
+            with dp.spending(epsilon=EPSILON):
+                return pf.groupby(column)["los"].mean()
+
+        def plain(frame=frame, column=column):
+            return frame.groupby(column)["los"].mean()
+
+        # dp.spending warms up first: its first call is the first release after protect() (cold caches).
+        stats, outputs = measure_round_robin({"spending": private, "pandas": plain}, reps)
+        entry.update(stats)
+        if "error" in stats["spending"] or "error" in stats["pandas"]:
+            text = stats["spending"].get("error") or stats["pandas"].get("error")
+            entry["error"] = text
+            rows.append([title, "error", "", "", "", ""])
+            print(f"  ERROR ({case}): {text}")
+            continue
+        entry["ratio"] = stats["spending"]["median_s"] / stats["pandas"]["median_s"]
+        released, exact = outputs["spending"], outputs["pandas"]
+        info = dp.info(released)
+        entry["groups_released"], entry["groups_exact"] = len(released), len(exact)
+        common = [k for k in exact.index if k in released.index]
+        entry["max_abs_diff"] = float(max((abs(float(released[k]) - float(exact[k])) for k in common),
+                                          default=math.nan))
+        entry["epsilon"], entry["delta"], entry["notes"] = info.epsilon, info.delta, list(info.notes)
+        rows.append([title, fmt_time(stats["pandas"]["median_s"]),
+                     f"{fmt_time(stats['spending']['median_s'])} {fmt_ratio(entry['ratio'])}",
+                     fmt_time(stats["spending"]["first_s"]), fmt_time(entry["protect_s"]),
+                     f"{len(released)}/{len(exact)}, {entry['max_abs_diff']:.3f}"])
+        del pf
+        gc.collect()
+    print(f"data built in {out['build_data_s']:.2f} s; visits per patient: mean "
+          f"{out['visits_per_patient']['mean']:.1f}, median {out['visits_per_patient']['median']:.0f}, max "
+          f"{out['visits_per_patient']['max']}, {out['visits_per_patient']['share_over_max_rows']:.0%} of patients "
+          f"have more than {UNIT_MAX_ROWS}")
+    print_table(["release (dp.spending, epsilon 1)", "pandas", "dp.spending (ratio)", "first release", "protect()",
+                 "groups, max |DP - pandas|"], rows)
+    print(f"  (ratio) = median / plain pandas median on the same DataFrame (all rows, no privacy unit: the unbounded "
+          f"non-private baseline); the DP mean keeps at most {UNIT_MAX_ROWS} random visits per patient, so it "
+          "estimates a different mean than pandas' (hence the difference column)")
+    del df, cases
+    gc.collect()
+
+
+# ---------------------------------------------------------------------------------- interval coverage
+def _wilson(hits: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion."""
+    if total == 0:
+        return math.nan, math.nan
+    p = hits / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return centre - half, centre + half
+
+
+def coverage_data(n: int, groups: int, seed: int = 4242):
+    """``n`` people (one row each) in ``groups`` declared groups of uneven size (lognormal weights, sd 0.5),
+    x = 100 * Beta(2, 5) inside the declared bounds [0, 100]: the DP engine's value before noise is
+    exactly pandas' value."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    keys = [f"g{i:04d}" for i in range(groups)]
+    weights = rng.lognormal(0.0, 0.5, groups)
+    codes = rng.choice(groups, size=n, p=weights / weights.sum())
+    df = pd.DataFrame({"g": pd.Categorical.from_codes(codes, categories=keys),
+                       "x": 100.0 * rng.beta(2.0, 5.0, n)})
+    return df, keys
+
+
+COVERAGE_KINDS = {
+    "count": ("groupby('g').size()", lambda pf: pf.groupby("g").size(),
+              lambda df: df.groupby("g", observed=False).size()),
+    "sum": ("groupby('g')['x'].sum()", lambda pf: pf.groupby("g")["x"].sum(),
+            lambda df: df.groupby("g", observed=False)["x"].sum()),
+    "mean": ("groupby('g')['x'].mean()", lambda pf: pf.groupby("g")["x"].mean(),
+             lambda df: df.groupby("g", observed=False)["x"].mean()),
+}
+
+# (key, title, protect delta, dp.spending arguments, kinds, checked against COVERAGE_GOAL). The noise of the
+# checked rows is large against the integer steps of counts (count noise sd about 14 and 26); the last row
+# is a diagnostic at a small noise (count noise sd about 4.5), where a 95% interval of integers cannot
+# cover exactly 95%.
+COVERAGE_BUDGETS = [
+    ("pure", "pure budget, ε=0.1 per release", 0.0, dict(epsilon=0.1), ("count", "sum", "mean"), True),
+    ("zcdp", "δ budget, ε=0.2, δ=1e-6 per release", 1e-6, dict(epsilon=0.2, delta=1e-6),
+     ("count", "sum", "mean"), True),
+    ("zcdp_small", "δ budget, ε=1, δ=1e-6 per release (small noise)", 1e-6, dict(epsilon=1.0, delta=1e-6),
+     ("count",), False),
+]
+
+
+def _tightest_integer_half_width(errors, level: float = 0.95) -> tuple[int, float]:
+    """The smallest integer h with |error| <= h in at least ``level`` of the releases, and that share."""
+    import numpy as np
+
+    err = np.sort(np.abs(np.rint(np.asarray(errors, dtype=float))))
+    h = int(err[min(len(err) - 1, math.ceil(level * len(err)) - 1)])
+    return h, float(np.mean(err <= h))
+
+
+def bench_coverage(cfg, dp, results) -> None:
+    """Share of (group, release) pairs whose stated 95% interval holds pandas' exact value."""
+    import numpy as np
+
+    n, reps, n_groups = cfg["coverage_n"], cfg["coverage_reps"], cfg["coverage_groups"]
+    print(f"\n== Interval coverage: {n_groups} declared groups, N = {n:,} people (one row each), "
+          f"{reps} releases of each kind (load average {os.getloadavg()[0]:.2f}) ==", flush=True)
+    df, groups = coverage_data(n, n_groups)
+    sizes = df.groupby("g", observed=False).size().reindex(groups).to_numpy()
+    small = sizes <= np.quantile(sizes, 1 / 3)
+    out = results["coverage"] = {"n": n, "groups": n_groups, "reps": reps,
+                                 "group_size": {"min": int(sizes.min()), "median": float(np.median(sizes)),
+                                                "max": int(sizes.max()),
+                                                "smallest_third_up_to": int(sizes[small].max())},
+                                 "ledger": os.environ.get("DPMAGIC_LEDGER"), "cases": {}}
+    width = VALUE_BOUNDS[1] - VALUE_BOUNDS[0]
+    rows, diagnostics = [], []
+    for budget, budget_title, delta, spend, kinds, checked in COVERAGE_BUDGETS:
+        try:
+            # A column naming the budget makes each copy new data (the ledger refuses a second name for the same).
+            pf = dp.protect(df.assign(budget=budget), name=_unique(f"coverage_{budget}"), epsilon=BIG_BUDGET,
+                            delta=delta, bounds={"x": VALUE_BOUNDS}, categories={"g": groups})
+        except Exception as exc:  # noqa: BLE001
+            print(f"  ERROR protect ({budget}): {_error_text(exc)}")
+            out["cases"][budget] = {"budget": budget_title, "kind": "all", "checked": checked,
+                                    "error": _error_text(exc)}
+            continue
+        for kind in kinds:
+            expression, release, exact = COVERAGE_KINDS[kind]
+            truth = exact(df).reindex(groups).to_numpy(dtype=float)
+            known = ~np.isnan(truth)  # an empty group has no mean
+            entry = out["cases"][f"{budget}/{kind}"] = {"budget": budget_title, "kind": kind, "checked": checked,
+                                                         "expression": expression}
+            hits = total = small_hits = small_total = full_range = 0
+            half_widths, errors = [], []
+            start = time.perf_counter()
+            try:
+                for _ in range(reps):
+                    with dp.spending(**spend):
+                        released = release(pf)
+                    info = dp.info(released)
+                    low = np.asarray(info.ci_low.reindex(groups), dtype=float)
+                    high = np.asarray(info.ci_high.reindex(groups), dtype=float)
+                    covered = (low <= truth) & (truth <= high)
+                    hits += int(covered[known].sum())
+                    total += int(known.sum())
+                    small_hits += int(covered[known & small].sum())
+                    small_total += int((known & small).sum())
+                    if kind == "mean":
+                        full_range += int(((high - low)[known] >= width * (1 - 1e-9)).sum())
+                    if kind == "count":
+                        errors.append(np.asarray(released.reindex(groups), dtype=float) - truth)
+                    half_widths.append(float(np.median((high - low)[known]) / 2))
+            except Exception as exc:  # noqa: BLE001
+                entry["error"] = _error_text(exc)
+                rows.append([budget_title, expression, "error: " + entry["error"][:80], "", "", "", ""])
+                continue
+            low95, high95 = _wilson(hits, total)
+            entry.update({"hits": hits, "total": total, "coverage": hits / total, "wilson95": [low95, high95],
+                          "small_groups_coverage": small_hits / small_total if small_total else None,
+                          "median_half_width": statistics.median(half_widths),
+                          "per_release_s": (time.perf_counter() - start) / reps,
+                          "epsilon": info.epsilon, "delta": info.delta, "rho": info.rho})
+            if kind == "mean":
+                entry["full_range_share"] = full_range / total
+            if kind == "count":
+                h, share = _tightest_integer_half_width(np.concatenate(errors))
+                entry["tightest_integer_half_width"], entry["tightest_integer_coverage"] = h, share
+                diagnostics.append(f"{budget_title}: stated half-width {entry['median_half_width']:g} covers "
+                                   f"{hits / total:.2%}; the smallest integer half-width that covers at least 95% of "
+                                   f"these releases is {h} ({share:.2%})")
+            rows.append([budget_title, expression, f"{hits / total:.2%}", f"{low95:.2%} - {high95:.2%}",
+                         f"{entry['small_groups_coverage']:.2%}" if small_total else "-",
+                         f"{entry['median_half_width']:.4g}" + (f" ({entry['full_range_share']:.1%} full range)"
+                                                                if kind == "mean" else ""),
+                         f"{entry['per_release_s'] * 1e3:.0f} ms"])
+        del pf
+        gc.collect()
+    print(f"group sizes: min {out['group_size']['min']}, median {out['group_size']['median']:.0f}, "
+          f"max {out['group_size']['max']}; x = 100 * Beta(2, 5), bounds {VALUE_BOUNDS}")
+    print_table(["budget", "release", "coverage", "binomial 95% range", "smallest third",
+                 "median half-width", "per release"], rows, aligns=["<", "<", ">", ">", ">", ">", ">"])
+    pairs = next((c["total"] for c in out["cases"].values() if "total" in c), None)
+    if pairs:
+        spread = 1.96 * math.sqrt(0.95 * 0.05 / pairs)
+        print(f"  coverage = share of (group, release) pairs whose dp.info(r).ci_low/ci_high holds pandas' exact "
+              f"value; {pairs:,} pairs per row, so exact 95% intervals give {0.95 - spread:.2%} - "
+              f"{0.95 + spread:.2%} 19 times in 20; binomial 95% range = Wilson interval of the measured share; "
+              f"smallest third = groups of at most {out['group_size']['smallest_third_up_to']} people; full range = "
+              "mean intervals that span the whole bounds (they always cover)")
+    for line in diagnostics:
+        print(f"  count, {line}")
+
+
+# ---------------------------------------------------------------------------- partition-selection leak
+def leak_cohort():
+    """Patients of 1 to 3 rows with common diagnoses (hundreds of patients each), one diagnosis held
+    by exactly 3 patients of 3 rows each ('rare_3') and one by a single patient of 3 rows ('rare_1')."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(31337)
+    names = list(LEAK_COMMON)
+    weights = np.array([LEAK_COMMON[d] for d in names], dtype=float)
+    patients = int(weights.sum() / 2)  # about 2 rows per patient: the common counts come out near LEAK_COMMON
+    rows_per = rng.integers(1, LEAK_MAX_ROWS + 1, patients)
+    ids = np.repeat(np.arange(patients, dtype=np.int64), rows_per)
+    diagnosis = list(np.array(names)[rng.choice(len(names), size=len(ids), p=weights / weights.sum())])
+    next_id = patients
+    for label, holders in (("rare_3", 3), ("rare_1", 1)):
+        for person in range(holders):
+            ids = np.append(ids, [next_id + person] * LEAK_MAX_ROWS)
+            diagnosis += [label] * LEAK_MAX_ROWS
+        next_id += holders
+    order = rng.permutation(len(ids))
+    return pd.DataFrame({"patient_id": ids[order], "diagnosis": pd.Series(np.array(diagnosis)[order], dtype="str")})
+
+
+def _normal_tail(z: float) -> float:
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def _poisson_tail(k: int, mean: float) -> float:
+    """P(X >= k) for X ~ Poisson(mean)."""
+    if k <= 0:
+        return 1.0
+    term = total = math.exp(-mean)
+    for i in range(1, k):
+        term *= mean / i
+        total += term
+    return max(0.0, 1.0 - total)
+
+
+def bench_leak(cfg, dp, results) -> None:
+    """How often partition selection shows a diagnosis held by 3 patients (and by 1), over many releases."""
+    import re
+
+    import numpy as np
+
+    runs = cfg["leak_runs"]
+    base = leak_cohort()
+    exact = base["diagnosis"].value_counts()
+    per_budget = LEAK_RELEASES_PER_BUDGET
+    budgets = math.ceil(runs / per_budget)
+    print(f"\n== Partition-selection leak rate: {runs} releases of pf['diagnosis'].value_counts(), epsilon "
+          f"{EPSILON:g} each, on {budgets} budget(s) of epsilon {BIG_BUDGET:g}, delta {LEAK_DELTA:g} "
+          f"({per_budget} releases each; load average {os.getloadavg()[0]:.2f}) ==", flush=True)
+    print(f"{len(base):,} rows, {base['patient_id'].nunique():,} patients, max_rows_per_unit={LEAK_MAX_ROWS}; "
+          "exact counts: " + ", ".join(f"{k} {v}" for k, v in exact.items()))
+    shown = dict.fromkeys(exact.index, 0)
+    deltas, thresholds, noise = set(), set(), []
+    done, error = 0, None
+    start = time.perf_counter()
+    try:
+        for budget in range(budgets):
+            # A new dataset per budget: a new name and new data (the budget number as a column).
+            pf = dp.protect(base.assign(batch=budget), name=_unique(f"leak_{budget}"), epsilon=BIG_BUDGET,
+                            delta=LEAK_DELTA, privacy_unit="patient_id", max_rows_per_unit=LEAK_MAX_ROWS,
+                            bounds={"batch": (0, budgets)})
+            for _ in range(min(per_budget, runs - done)):
+                with dp.spending(epsilon=EPSILON):
+                    released = pf["diagnosis"].value_counts()
+                for key in released.index:
+                    shown[key] = shown.get(key, 0) + 1
+                for key in LEAK_COMMON:  # every row of a common diagnosis is counted (patients have <= 3 rows)
+                    if key in released.index:
+                        noise.append(float(released[key]) - float(exact[key]))
+                info = dp.info(released)
+                deltas.add(info.delta)
+                for note in info.notes:
+                    found = re.search(r"exceeds ([0-9.]+)", note)
+                    if found:
+                        thresholds.add(float(found.group(1)))
+                done += 1
+    except Exception as exc:  # noqa: BLE001
+        error = _error_text(exc)
+        print(f"  ERROR after {done} releases: {error}")
+    elapsed = time.perf_counter() - start
+    sigma = float(np.std(noise, ddof=1)) if len(noise) > 1 else math.nan
+    threshold = max(thresholds) if thresholds else math.nan
+    out = results["leak"] = {"runs": done, "requested_runs": runs, "budgets": budgets, "elapsed_s": elapsed,
+                             "exact": {str(k): int(v) for k, v in exact.items()},
+                             "shown": {str(k): v for k, v in shown.items()},
+                             "per_release_delta": sorted(deltas), "threshold": threshold, "noise_sd": sigma,
+                             "max_rows_per_unit": LEAK_MAX_ROWS, "ledger": os.environ.get("DPMAGIC_LEDGER"),
+                             "diagnoses": {}}
+    if error:
+        out["error"] = error
+    if done == 0:
+        return
+    rows = []
+    for key in sorted(exact.index, key=lambda k: -int(exact[k])):
+        count = int(exact[key])
+        hits = shown.get(key, 0)
+        low, high = _wilson(hits, done)
+        upper = 1 - 0.05 ** (1 / done) if hits == 0 else high  # one-sided 95% bound when none was shown
+        # Shown when count + noise > threshold, noise integer: normal approximation with the noise sd measured
+        # on the common diagnoses (their released count minus the exact one).
+        expected = _normal_tail((math.floor(threshold - count) + 0.5) / sigma) \
+            if math.isfinite(threshold) and sigma > 0 and count < threshold else None
+        out["diagnoses"][str(key)] = {"rows": count, "shown": hits, "rate": hits / done, "upper95": upper,
+                                      "expected_rate": expected}
+        rows.append([key, count, f"{hits}/{done}", f"{hits / done:.2%}" if hits else "0",
+                     f"< {upper:.2g}" if hits == 0 else f"{low:.2%} - {high:.2%}",
+                     "-" if expected is None else f"{expected:.2g}"])
+    print_table(["diagnosis", "rows counted", "shown", "rate", "95% range", "expected rate"], rows)
+    delta_text = ", ".join(f"{d:.3g}" for d in sorted(deltas))
+    print(f"  per-release delta (dp.info(r).delta): {delta_text}; threshold: a group is shown if its noisy row count "
+          f"exceeds {threshold:g}; count noise sd {sigma:.2f} (measured on the common diagnoses)")
+    print(f"  'rare_1' (one patient) is what the delta bounds: expected at most {max(deltas, default=math.nan):.2g} "
+          f"per release; 'rare_3' (3 patients) is bounded only through the threshold (expected rate: normal "
+          f"approximation with the measured noise); {done / elapsed:.0f} releases/s (ledger on "
+          f"{filesystem_of(os.environ.get('DPMAGIC_LEDGER', ''))})")
+
+
 # ------------------------------------------------------------------------------------------- memory
 def _status_kb(field: str) -> int | None:
     try:
@@ -849,6 +1250,50 @@ def evaluate_goals(cfg, results, quick: bool) -> list[dict]:
         else:
             goals.append({"goal": "accuracy (b) skewed: ours MAE < OpenDP add/remove MAE (same run)",
                           "measured": "error", "status": "FAIL"})
+    unit = results.get("unit_mean")
+    if unit:
+        for case in unit["cases"].values():
+            ratio = case.get("ratio")
+            goals.append({"goal": f"grouped mean with a privacy unit: {case['label']} vs pandas, "
+                                  f"N={unit['n']:.0e}",
+                          "measured": "error" if ratio is None else
+                          f"{ratio:.2f}x ({fmt_time(case['spending']['median_s'])} vs "
+                          f"{fmt_time(case['pandas']['median_s'])})",
+                          "value": ratio, "status": "REPORTED (no threshold)"})
+    coverage = results.get("coverage")
+    if coverage:
+        low, high = COVERAGE_GOAL
+        for case in coverage["cases"].values():
+            value = case.get("coverage")
+            status = ("PASS" if value is not None and low <= value <= high else "FAIL") if case["checked"] \
+                else "REPORTED (integer steps; no threshold)"
+            goals.append({"goal": f"coverage of the 95% interval in [{low:.0%}, {high:.0%}]: {case['kind']}, "
+                                  f"{case['budget']}",
+                          "measured": "error" if value is None else
+                          f"{value:.2%} (binomial 95% range {case['wilson95'][0]:.2%} - {case['wilson95'][1]:.2%})",
+                          "value": value, "status": status})
+    leak = results.get("leak")
+    if leak and leak.get("runs"):
+        runs = leak["runs"]
+        for key, title in (("rare_1", "1 patient"), ("rare_3", "3 patients")):
+            d = leak["diagnoses"].get(key)
+            if d is None:
+                continue
+            if key == "rare_1":
+                # The per-release delta bounds it: any appearance in a few thousand releases is a failure.
+                expected, status = "0", "PASS" if d["shown"] == 0 else "FAIL"
+            else:
+                # Bounded through the threshold: fail only when the count is implausible for the expected rate.
+                rate = d.get("expected_rate") or 0.0
+                expected = f"about {rate * runs:.2g} (rate {rate:.2g})"
+                status = "PASS" if _poisson_tail(d["shown"], rate * runs) >= 1e-3 else "FAIL"
+            goals.append({"goal": f"partition selection: diagnosis of {title} shown, {runs} releases "
+                                  f"(per-release δ {max(leak['per_release_delta'], default=math.nan):.2g})",
+                          "measured": f"{d['shown']} (expected {expected})", "value": d["shown"], "status": status})
+        common = [leak["diagnoses"][k]["rate"] for k in LEAK_COMMON if k in leak["diagnoses"]]
+        goals.append({"goal": "partition selection: common diagnoses shown",
+                      "measured": f"{min(common):.2%} to {max(common):.2%} of releases" if common else "error",
+                      "value": min(common) if common else None, "status": "REPORTED (no threshold)"})
     memory = results.get("memory")
     if memory:
         for column, case in memory["cases"].items():
@@ -878,8 +1323,8 @@ def _cleanup() -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1e6 rows only, fewer repetitions (~1 minute)")
-    parser.add_argument("--sections", default="speed,fixed,accuracy,memory",
-                        help="comma-separated subset of speed,fixed,accuracy,memory")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help="comma-separated subset of " + ",".join(SECTIONS))
     parser.add_argument("--out", default=str(HERE / "results" / "latest.json"), help="where to write the JSON")
     parser.add_argument("--memory-worker", nargs=3, metavar=("KIND", "N", "COLUMN"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -890,7 +1335,7 @@ def main(argv=None) -> int:
 
     cfg = dict(QUICK if args.quick else FULL)
     sections = {s.strip() for s in args.sections.split(",") if s.strip()}
-    unknown = sections - {"speed", "fixed", "accuracy", "memory"}
+    unknown = sections - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
 
@@ -926,15 +1371,23 @@ def main(argv=None) -> int:
             bench_speed(cfg, dp, notebook, results)
         if "fixed" in sections:
             bench_fixed(cfg, dp, notebook, results)
-        if "accuracy" in sections:
+        if "unit_mean" in sections:  # a timing: the ledger stays on the real disk
+            bench_unit_mean(cfg, dp, results)
+        if sections & {"accuracy", "coverage", "leak"}:
+            # Many releases whose time is not the point: the ledger moves to tmpfs from here on.
             shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
             os.environ["DPMAGIC_LEDGER"] = os.path.join(_tempdir("dpbench-acc-", shm), "ledger.sqlite")
             results["meta"]["accuracy_ledger"] = {"path": os.environ["DPMAGIC_LEDGER"],
                                                   "filesystem": filesystem_of(os.environ["DPMAGIC_LEDGER"])}
+        if "accuracy" in sections:
             bench_accuracy(cfg, dp, results)
             if notebook is not None and "fixed" in sections:
                 bench_fixed(cfg, dp, notebook, results, name="tiny_tmpfs",
                             title=f"for comparison: ledger on {filesystem_of(os.environ['DPMAGIC_LEDGER'])}")
+        if "coverage" in sections:
+            bench_coverage(cfg, dp, results)
+        if "leak" in sections:
+            bench_leak(cfg, dp, results)
         if "memory" in sections:
             bench_memory(cfg, results)
     finally:
