@@ -257,3 +257,18 @@ def test_equal_shares_fill_a_delta_budget_exactly(dataset_name, total, parts):
             pf.count_rows()
     status = dp.budget(dataset_name)
     assert status.releases == parts and status.rho_total - status.rho_spent < parts * 1e-12
+
+
+def test_rows_kept_are_uniform_within_a_person():
+    # Person 0 has 10 rows, persons 1..50 have 1 to 3 rows (kept whole), person 51 has 4.
+    people = np.r_[np.zeros(10, int), np.repeat(np.arange(1, 51), np.arange(50) % 3 + 1), np.full(4, 51)]
+    engine = LocalEngine(pd.DataFrame({"pid": people}))
+    runs, kept = 6000, np.zeros(len(people))
+    for _ in range(runs):
+        mask = engine._bound(None, "pid", 3)
+        assert mask[:10].sum() == 3 and mask[-4:].sum() == 3 and mask[10:-4].all()
+        kept += mask
+    # Each of person 0's rows is kept with probability 3/10: Binomial(6000, 0.3) has sd 35.5, and
+    # 6 sd on either side fails with probability 2e-9 per row (below 1e-6 for all 14 rows).
+    assert np.all(np.abs(kept[:10] - 0.3 * runs) <= 6 * np.sqrt(runs * 0.3 * 0.7))
+    assert np.all(np.abs(kept[-4:] - 0.75 * runs) <= 6 * np.sqrt(runs * 0.75 * 0.25))
