@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy.special import ndtri
@@ -164,8 +165,7 @@ def _mean_interval(sums, counts, sum_noise, count_noise, grid: float, half: floa
     taken at the next point up of a fine grid (never smaller than the true quantile). When the noisy
     count is too small for that, the interval is the whole range of the bounds.
     """
-    table_w = np.linspace(0.0, half, 4097)
-    table_q = _difference_quantile(sum_noise, count_noise, grid, table_w)
+    table_w, table_q = _quantile_table(sum_noise.measure, sum_noise.scale * grid, count_noise.scale, half)
 
     def q(m):
         at = np.minimum(np.searchsorted(table_w, np.abs(m), side="left"), len(table_w) - 1)
@@ -180,7 +180,7 @@ def _mean_interval(sums, counts, sum_noise, count_noise, grid: float, half: floa
         outer = np.full(len(sums), float(end))
         inner = centre.copy()
         reaches = np.abs(sums - outer * n) <= q(outer)
-        for _ in range(60):
+        for _ in range(40):  # the edge to within 2**-40 of the width of the bounds
             mid = (inner + outer) / 2
             out = np.abs(sums - mid * n) > q(mid)
             outer, inner = np.where(out, mid, outer), np.where(out, inner, mid)
@@ -188,11 +188,21 @@ def _mean_interval(sums, counts, sum_noise, count_noise, grid: float, half: floa
     return edges[0], edges[1]
 
 
-def _difference_quantile(sum_noise, count_noise, grid: float, weights: np.ndarray) -> np.ndarray:
-    """For each ``w``: ``t`` with ``P(|Z_S - w Z_N| > t) = ALPHA`` (sum noise in value units)."""
-    s1 = sum_noise.scale * grid
-    s2 = count_noise.scale * weights
-    if sum_noise.measure == "zcdp":
+@lru_cache(maxsize=256)
+def _quantile_table(measure: str, s1: float, count_scale: float, half: float):
+    """``q(w)`` on a fine grid of ``w`` in ``[0, half]`` (public numbers only, so it is cached: the
+    same epsilon and bounds give the same table)."""
+    table_w = np.linspace(0.0, half, 4097)
+    table_w.flags.writeable = False
+    table_q = _difference_quantile(measure, s1, count_scale * table_w)
+    table_q.flags.writeable = False
+    return table_w, table_q
+
+
+def _difference_quantile(measure: str, s1: float, s2: np.ndarray) -> np.ndarray:
+    """For each pair of scales: ``t`` with ``P(|Z_S - Z| > t) = ALPHA``, where ``Z_S`` has scale ``s1``
+    and ``Z`` scale ``s2`` (Laplace, or Gaussian under zCDP)."""
+    if measure == "zcdp":
         return float(ndtri(1.0 - ALPHA / 2)) * np.sqrt(s1 * s1 + s2 * s2)
     # Difference of two independent Laplace variables with scales b1, b2: its characteristic
     # function splits into partial fractions, so P(X > t) = (b1^2 e^{-t/b1} - b2^2 e^{-t/b2}) / (2 (b1^2 - b2^2)).

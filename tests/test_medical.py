@@ -272,3 +272,19 @@ def test_rows_kept_are_uniform_within_a_person():
     # 6 sd on either side fails with probability 2e-9 per row (below 1e-6 for all 14 rows).
     assert np.all(np.abs(kept[:10] - 0.3 * runs) <= 6 * np.sqrt(runs * 0.3 * 0.7))
     assert np.all(np.abs(kept[-4:] - 0.75 * runs) <= 6 * np.sqrt(runs * 0.75 * 0.25))
+
+
+def test_a_publish_reserve_is_kept_from_exploration(dataset_name):
+    policy = dp.Policy(purposes={"publish": {"epsilon": 0.5, "reserve": 0.4}})
+    pf = dp.protect(pd.DataFrame({"x": np.arange(100)}), name=dataset_name, epsilon=1.0, policy=policy)
+    with dp.spending(purpose="explore", epsilon=0.2):
+        pf.count_rows(), pf.count_rows(), pf.count_rows()
+        with pytest.raises(dp.BudgetExceededError, match="publish"):
+            pf.count_rows()  # 0.8 would eat into the 0.4 kept for publish
+    with dp.spending(purpose="publish", epsilon=0.4):
+        pf.count_rows()
+    status = dp.budget(dataset_name)
+    assert status.purpose_spent == pytest.approx({"explore": 0.6, "publish": 0.4})
+    assert status.purpose_remaining["explore"] == pytest.approx(0.0)
+    text = str(status)
+    assert "publish" in text and "reserved" in text
