@@ -156,47 +156,42 @@ def _mean_interval(sums, counts, sum_noise, count_noise, grid: float, half: floa
 
     With ``m`` the true centred mean and ``n`` the true count, the centred sum is ``m * n`` exactly, so
     ``S - m * N = Z_S - m * Z_N`` for the noisy sum ``S`` and count ``N``: its law depends on ``m``
-    alone (and the noise scales, which are public). The interval is every ``m`` in the bounds at which
-    the observed ``|S - m N|`` lies within that law's central 95% (``q(m)``), so it covers the truth
-    95% of the time, not more as a union bound of two intervals would.
+    alone (and the noise scales, which are public). The interval holds every ``m`` in the bounds at
+    which the observed ``|S - m N|`` lies within that law's central 95% (``q(m)``), so it covers the
+    truth 95% of the time, not more as a union bound of two intervals would.
 
-    ``f(m) = |S - m N| - q(m)`` is negative at ``S / N`` and, when ``N`` exceeds the steepest slope of
-    ``q``, increasing on either side of it, so each edge is one root found by bisection. ``q`` is
-    taken at the next point up of a fine grid (never smaller than the true quantile). When the noisy
-    count is too small for that, the interval is the whole range of the bounds.
+    ``q`` is tabulated on a grid of ``|m|`` and taken at the next grid point up (never below the true
+    quantile), so it is constant on each cell of the grid and the condition solves exactly there:
+    ``m`` in the cell and in ``[(S - q) / N, (S + q) / N]``. The interval is the hull of those pieces
+    (a superset: still at least 95%). Without a positive noisy count it is the whole range.
     """
-    table_w, table_q = _quantile_table(sum_noise.measure, sum_noise.scale * grid, count_noise.scale, half)
-
-    def q(m):
-        at = np.minimum(np.searchsorted(table_w, np.abs(m), side="left"), len(table_w) - 1)
-        return table_q[at]
-
-    slope = 2.0 * count_noise.scale * math.log(2.0 / ALPHA)
-    usable = counts > slope
-    n = np.where(usable, counts, 1.0)
-    centre = np.clip(sums / n, -half, half)
-    edges = []
-    for end in (-half, half):
-        outer = np.full(len(sums), float(end))
-        inner = centre.copy()
-        reaches = np.abs(sums - outer * n) <= q(outer)
-        for _ in range(40):  # the edge to within 2**-40 of the width of the bounds
-            mid = (inner + outer) / 2
-            out = np.abs(sums - mid * n) > q(mid)
-            outer, inner = np.where(out, mid, outer), np.where(out, inner, mid)
-        edges.append(np.where(reaches | ~usable, float(end), outer))
-    return edges[0], edges[1]
+    low_edges, high_edges, cell_q = _pivot_cells(sum_noise.measure, sum_noise.scale * grid, count_noise.scale, half)
+    low, high = np.full(len(sums), -half), np.full(len(sums), half)
+    for start in range(0, len(sums), 512):  # a block of groups at a time keeps the work arrays small
+        block = slice(start, start + 512)
+        s, n = sums[block, None], counts[block, None]
+        usable = n[:, 0] > 0
+        n = np.where(n > 0, n, 1.0)
+        piece_low = np.maximum(low_edges, (s - cell_q) / n)
+        piece_high = np.minimum(high_edges, (s + cell_q) / n)
+        found = piece_low <= piece_high
+        some = usable & found.any(axis=1)
+        low[block] = np.where(some, np.where(found, piece_low, np.inf).min(axis=1), -half)
+        high[block] = np.where(some, np.where(found, piece_high, -np.inf).max(axis=1), half)
+    return low, high
 
 
 @lru_cache(maxsize=256)
-def _quantile_table(measure: str, s1: float, count_scale: float, half: float):
-    """``q(w)`` on a fine grid of ``w`` in ``[0, half]`` (public numbers only, so it is cached: the
-    same epsilon and bounds give the same table)."""
-    table_w = np.linspace(0.0, half, 4097)
-    table_w.flags.writeable = False
-    table_q = _difference_quantile(measure, s1, count_scale * table_w)
-    table_q.flags.writeable = False
-    return table_w, table_q
+def _pivot_cells(measure: str, s1: float, count_scale: float, half: float):
+    """Cells of ``m`` in ``[-half, half]`` and the quantile ``q`` used on each (public numbers only, so
+    cached: the same epsilon and bounds give the same cells)."""
+    w = np.linspace(0.0, half, 513)
+    q = _difference_quantile(measure, s1, count_scale * w)
+    cells = (np.concatenate([-w[1:][::-1], w[:-1]]), np.concatenate([-w[:-1][::-1], w[1:]]),
+             np.concatenate([q[1:][::-1], q[1:]]))
+    for array in cells:
+        array.flags.writeable = False
+    return cells
 
 
 def _difference_quantile(measure: str, s1: float, s2: np.ndarray) -> np.ndarray:
