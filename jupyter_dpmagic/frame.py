@@ -952,18 +952,16 @@ class _SeriesPlot:
 def _describe(columns: list, percentiles, epsilon, delta, notes):
     qs = [_check_q(q) for q in percentiles]
     stats = ["count", "mean", "std"] + [f"{q * 100:g}%" for q in qs]
-    measures, labels = [], []
+    measures = []
     for s in columns:
-        label = s._label()
         if s._kind(s._expr) not in (NUMERIC, BOOL):
-            raise PolicyError(f"describe() covers numeric columns; '{label}' holds {s._kind(s._expr)} values.")
+            raise PolicyError(f"describe() covers numeric columns; '{s._label()}' holds {s._kind(s._expr)} values.")
         measures += [P.Count(s._expr), s._measure(P.Mean, None), s._measure(P.Variance, None, root=True)]
         measures += [s._measure(P.Quantile, None, q=q) for q in qs]
-        labels += [f"{label}\x1f{stat}" for stat in stats]
     split = (f"ε split evenly over {len(measures)} statistics; each column's count, mean and std share one "
              "noisy count and one noisy sum")
-    out = columns[0]._release(measures, epsilon=epsilon, delta=delta, shape="series", labels=labels,
-                              notes=tuple(notes) + (split,))
+    out = columns[0]._release(measures, epsilon=epsilon, delta=delta, shape="series",
+                              labels=range(len(measures)), notes=tuple(notes) + (split,))
     return _as_table(out, [s._label() for s in columns], stats)
 
 
@@ -1098,8 +1096,12 @@ def _check_ddof(ddof) -> int:
 
 _install_refusals(PrivateFrame)
 _install_refusals(PrivateSeries)
+_GROUPED_REFUSED = dict.fromkeys(
+    ["median", "quantile", "describe"],
+    "per-group quantiles are not available yet; per group use size(), count(), sum(), mean(), var() or std(), "
+    "or filter one group and use quantile() there: df[df.ward == 'icu']['age'].quantile([0.25, 0.5, 0.75]).")
 for _name in ("head", "tail", "nth", "first", "last", "apply", "transform", "filter", "agg", "aggregate",
               "min", "max", "median", "quantile", "describe", "get_group", "groups", "indices", "ngroup",
               "cumcount", "sample", "pipe"):
     if _name not in PrivateGroupBy.__dict__:
-        setattr(PrivateGroupBy, _name, _refusal(_name, _REFUSED.get(_name, _ROWS)))
+        setattr(PrivateGroupBy, _name, _refusal(_name, _GROUPED_REFUSED.get(_name) or _REFUSED.get(_name, _ROWS)))

@@ -231,16 +231,17 @@ class Session:
         query, pending = _known_bounds(dataset, query)
         record = dataset.record
         selection_delta = self._selection_delta(dataset, query)
-        if epsilon is None:
+        accuracy = scope.accuracy if epsilon is None else None  # None: the call gave its own epsilon
+        if accuracy is not None:
             if pending:
                 raise PolicyError(
                     f"an accuracy target needs the bounds of {_names(pending)}, which are not declared yet. "
                     "Declare them (bounds={...}), or make one release with an epsilon first: it estimates "
                     "them once and later releases reuse them.")
-            units = _units_for_accuracy(query, scope.accuracy, record, selection_delta)
+            units = _units_for_accuracy(query, accuracy, record, selection_delta)
             epsilon = _epsilon_of_share(record, units)
             if scope.explain is None:
-                self._check_affordable(record, units, f"an accuracy of {scope.accuracy} for {describe(query)} "
+                self._check_affordable(record, units, f"an accuracy of {accuracy} for {describe(query)} "
                                                       f"needs ε={epsilon:.4g}")
         else:
             units = _release_units(record, epsilon, delta)
@@ -252,7 +253,7 @@ class Session:
         draft = _draft(_placeholder_bounds(query, pending), units - estimate_units, record.mode, selection_delta)
         if scope.explain is not None:
             scope.explain.append(self._explanation(dataset, draft, record, epsilon, delta, purpose, tier,
-                                                   pending, estimate_units, scope.accuracy))
+                                                   pending, estimate_units, accuracy))
             return _shape(draft.placeholder_outcomes(), _info(dataset, draft.query, "", Cost(epsilon=epsilon), 0,
                                                               purpose, tier, ()), draft.query.by, shape, labels,
                           [] if draft.query.selects_groups else None)
@@ -279,8 +280,8 @@ class Session:
         # The charge is committed: from here on nothing may fail silently or be retried.
         outcomes, keys = draft.finish(exact)
         extra = tuple(dataset.estimates[c].note(fresh=c in fresh) for c in sorted(_estimated_columns(dataset, query)))
-        if scope.accuracy is not None:
-            extra += (f"ε chosen for an accuracy of {scope.accuracy} (95%)",)
+        if accuracy is not None:
+            extra += (f"ε chosen for an accuracy of {accuracy} (95%)",)
         info = _info(dataset, draft.query, draft.mechanism, cost, charge.id, purpose, tier,
                      draft.notes() + extra + tuple(notes), selection_delta=selection_delta)
         return _shape(outcomes, info, draft.query.by, shape, labels, keys)

@@ -163,3 +163,11 @@ def test_plots_of_text_or_rows_are_refused_and_charge_nothing(protect_hospital):
         with pytest.raises(dp.PolicyError, match="bins"):
             pf.age.plot.hist(bins=0)
     assert releases(pf.name) == 0
+
+
+def test_a_calls_own_epsilon_wins_over_the_cells_accuracy(protect_hospital):
+    pf = protect_hospital()
+    with dp.spending(accuracy=5):
+        n = pf.count_rows(epsilon=0.5)
+    assert dp.info(n).epsilon == pytest.approx(0.5)
+    assert not any("accuracy" in note for note in dp.info(n).notes)
