@@ -81,7 +81,7 @@ class PolicyTable(Table):
                 defaults = ["never released"] * len(purposes)
             else:
                 defaults = [f"{policy.default_epsilon(purpose=p, tiers=[col.tier]):.4g}" for p in purposes]
-            bounds = "" if col.bounds is None else f"[{col.bounds[0]:g}, {col.bounds[1]:g}]"
+            bounds = _bounds_text(dataset, name, col)
             cats = "" if not col.categories else ", ".join(map(str, col.categories[:6])) + \
                 (" ..." if len(col.categories) > 6 else "")
             rows.append([name, col.tier, col.tier_source, bounds, cats, *defaults])
@@ -93,6 +93,20 @@ class PolicyTable(Table):
         super().__init__(f"Policy of '{dataset.name}'",
                          ["column", "tier", "why", "bounds", "categories", *[f"ε {p}" for p in purposes]],
                          rows, footer=footer)
+
+
+def _bounds_text(dataset, name: str, col) -> str:
+    """Declared bounds, bounds a DP estimate released, or what a release without them will do."""
+    if col.bounds is not None:
+        return f"[{col.bounds[0]:g}, {col.bounds[1]:g}]"
+    if dataset.schema.get(name) not in ("numeric", "bool") or col.tier == "identifier":
+        return ""
+    found = dataset.estimates.get(name)
+    if found is not None:
+        return f"estimated [{found.low:.4g}, {found.high:.4g}]"
+    if dataset.policy.tier(col.tier).missing_bounds == "estimate":
+        return "estimated on first use"
+    return "none: releases refused"
 
 
 def _purpose_text(purpose) -> str:

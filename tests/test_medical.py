@@ -147,8 +147,8 @@ def test_estimated_bounds_are_paid_once_and_said(dataset_name):
     assert "estimated now" in notes and "ε=0.25" in notes
     assert "estimated earlier" in " ".join(dp.info(second).notes)
     low, high = (float(x) for x in notes.split("as [")[1].split("]")[0].split(", "))
-    # The log grid brackets the data within a factor sqrt(2) unless a sparse tail bin was cut.
-    assert 0 <= low <= 1 and 22 <= high <= 45.3
+    # Non-negative data starts at 0; the top is the data's top bin on the log grid plus one bin of margin.
+    assert low == 0 and 45.25 <= high <= 64
     assert abs(first - frame.stay.mean()) < 2
 
 
@@ -288,3 +288,21 @@ def test_a_publish_reserve_is_kept_from_exploration(dataset_name):
     assert status.purpose_remaining["explore"] == pytest.approx(0.0)
     text = str(status)
     assert "publish" in text and "reserved" in text
+
+
+def test_bound_estimates_keep_neighbouring_bins_and_ignore_lone_noise():
+    from fractions import Fraction
+
+    from jupyter_dpmagic import bounds, mechanisms
+
+    noise = mechanisms.laplace(sensitivity=1, epsilon=Fraction(1, 4), vector=True)
+    high = noise.half_width(bounds.FALSE_BIN / (len(bounds.GRID) - 1))
+    near = noise.half_width(bounds.NEAR_BIN)
+    at = {edge: i for i, edge in enumerate(bounds.GRID)}
+    counts = np.zeros(len(bounds.GRID) - 1)
+    counts[at[16.0]] = counts[at[16.0 * 2 ** 0.5]] = high + 100  # the bulk: [16, 32)
+    counts[at[32.0]] = counts[at[32.0 * 2 ** 0.5]] = (near + high) / 2  # a sparse tail next to it
+    counts[at[2.0 ** 30]] = (near + high) / 2  # a lone noisy bin far away
+    assert bounds.bounds_from(counts, noise) == (0.0, 2.0 ** 6.5)  # tail kept, one bin of margin, from 0
+    counts[at[-4.0]] = high + 1  # a negative value: the lower bound follows it, one bin wider
+    assert bounds.bounds_from(counts, noise)[0] == -(2.0 ** 2.5)
