@@ -15,13 +15,14 @@ from .context import spending
 from .errors import BudgetExceededError, PolicyError, PrivacyError
 from .explain import explain
 from .frame import PrivateFrame, PrivateGroupBy, PrivateSeries, crosstab
+from .models import fit_private
 from .policy import Policy
 from .release import ReleaseInfo, info
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "protect", "spending", "explain", "crosstab", "budget", "history", "policy", "info", "Policy",
+    "protect", "spending", "explain", "crosstab", "fit_private", "budget", "history", "policy", "info", "Policy",
     "synthetic_cohort", "COHORT_BOUNDS", "COHORT_CATEGORIES",
     "PrivateFrame", "PrivateSeries", "PrivateGroupBy", "ReleaseInfo", "BudgetStatus",
     "PrivacyError", "BudgetExceededError", "PolicyError", "load_ipython_extension",

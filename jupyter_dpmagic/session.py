@@ -29,7 +29,7 @@ from .engine.local import Exact, LocalEngine
 from .errors import BudgetExceededError, PolicyError, PrivacyError, close_match_hint
 from .ledger import UNITS_PER_ONE, BudgetRecord, SQLiteLedger
 from .explain import Explanation
-from .plan import Count, Histogram, Query, Sum, columns_of, describe
+from .plan import Col, Count, Histogram, Query, Sum, columns_of, describe
 from .policy import Policy
 from .release import ReleaseInfo, shape as _shape
 
@@ -299,6 +299,54 @@ class Session:
                     f"policy=dp.Policy(columns={{'{name}': {{'tier': 'standard'}}}}).")
             tiers.append(resolved.tier)
         return set(tiers) or {"standard"}
+
+    def release_model(self, dataset: Dataset, *, columns: Sequence[str], where: tuple = (), epsilon=None,
+                      describe_text: str, fit):
+        """Fit a DP model on exact rows and charge what it spent before returning it.
+
+        ``fit(data, epsilon)`` receives the rows of ``columns`` (a pandas DataFrame, filtered by
+        ``where``, at most ``max_rows_per_unit`` rows per person) and the epsilon it may spend, and
+        returns ``(model, spent_epsilon, spent_delta, mechanism)`` as its own accountant reports them.
+        With k rows per person a model given epsilon/k is epsilon-DP per person (group privacy), so
+        that is what ``fit`` gets. The model is returned only after the charge is committed; a fit
+        that fails, or that the budget cannot pay for, returns nothing and charges nothing.
+        """
+        scope = current_scope()
+        if scope is None:
+            raise PrivacyError("training on private data is a release; run it inside a %%dp cell (or a "
+                               "`with dp.spending():` block), where it is charged to the budget.")
+        query = Query(dataset.name, tuple(Count(Col(c)) for c in columns), tuple(where), (), dataset.unit,
+                      dataset.max_rows)
+        tiers = self._check_columns(dataset, query)
+        tier = dataset.policy.strictest(tiers)
+        purpose, epsilon, _ = _parameters(dataset, scope, tier, epsilon, None)
+        if epsilon is None:
+            raise PolicyError("an accuracy target does not apply to model training; give the cell or the call an "
+                              "epsilon (%%dp --epsilon 1, or fit inside dp.spending(epsilon=1)).")
+        record = dataset.record
+        # Model mechanisms are pure epsilon-DP; under zCDP that costs rho = epsilon^2 / 2.
+        units = _whole_units(epsilon) if record.mode == "pure" else _whole_units(epsilon * epsilon / 2)
+        self._check_scope_caps(scope, dataset, units)
+        self._check_affordable(record, units, f"training {describe_text} needs ε={epsilon:.4g}")
+        try:
+            rows = dataset.engine.rows(query, list(columns))
+            model, spent, spent_delta, mechanism = fit(rows, epsilon / dataset.max_rows)
+        except PrivacyError:
+            raise
+        except Exception as error:
+            raise PrivacyError(f"training {describe_text} failed on the data ({type(error).__name__}); nothing "
+                               "was charged. Check the columns' types, bounds and categories.") from None
+        if spent_delta or spent > epsilon / dataset.max_rows * (1 + 1e-9):
+            raise PrivacyError(f"training {describe_text} reported spending more than it was given; nothing was "
+                               "charged and the model was discarded.")
+        cost = Cost(epsilon=epsilon) if record.mode == "pure" else Cost(epsilon=epsilon, rho=units / UNITS_PER_ONE)
+        charge = self.accountant.charge(record, cost, query=describe_text, mechanism=mechanism, tier=tier,
+                                        purpose=purpose, units=units, tier_shares=_tier_shares(dataset, tiers),
+                                        purpose_reserves=dataset.policy.purpose_reserves())
+        for each in scope.chain():
+            each.spent_units[_key(dataset)] = each.spent_units.get(_key(dataset), 0) + units
+        return model, _info(dataset, query, mechanism, cost, charge.id, purpose, tier,
+                            (f"at most {dataset.max_rows} row(s) per '{dataset.unit}' used",) if dataset.unit else ())
 
     def _selection_delta(self, dataset: Dataset, query: Query) -> float:
         """The delta partition selection spends on this release (0 when every group key is declared)."""

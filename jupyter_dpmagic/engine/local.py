@@ -87,6 +87,18 @@ class LocalEngine:
             out.append(self._primitive(prim, keep_by_expr[key], codes, n_groups, cache))
         return Exact(out, keys)
 
+    def rows(self, query: Query, columns: list[str]) -> pd.DataFrame:
+        """The rows of ``columns`` a model may train on: filtered by ``query.where``, without missing
+        values, at most ``query.max_rows`` rows per person. Never leaves the session's fit path."""
+        cache: dict = {}
+        keep = self._where(query.where, cache)
+        for name in columns:
+            keep = _and(keep, self._notna(Col(name), cache))
+        if query.unit is not None:
+            keep = self._bound(keep, query.unit, query.max_rows)
+        frame = self._frame[columns]
+        return frame if keep is None else frame[keep]
+
     # -------------------------------------------------------------------------------- evaluation
     def evaluate(self, expr: Expr, cache: dict | None = None):
         """Row-wise value of ``expr`` as a pandas Series (or a scalar for a literal)."""

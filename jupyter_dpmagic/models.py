@@ -1,0 +1,345 @@
+"""scikit-learn estimators trained on private frames, as diffprivlib's DP equivalents.
+
+Inside ``%%dp`` (or ``with dp.spending():``) ordinary scikit-learn code works on protected data::
+
+    from sklearn.linear_model import LogisticRegression
+    model = LogisticRegression(C=0.5).fit(visits[["age", "bmi"]], visits.sex)
+    model.predict(public_array)
+
+The call is sent to :func:`fit_private`, which trains diffprivlib's estimator with bounds, norms and
+classes taken from the policy only (never from the data), charges the ledger what diffprivlib
+reports it spent, and then fills the user's own scikit-learn instance with the fitted DP state.
+Attributes that diffprivlib computes exactly from the data (row labels, counts, inertia) are not
+copied: they are not covered by the privacy guarantee. PCA's ``explained_variance_`` and
+``noise_variance_`` are divided by the exact row count, so they are NaN; use
+``explained_variance_ratio_``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import plan as P
+from ._analysis import NUMERIC
+from .errors import PolicyError, PrivacyError
+from .frame import PrivateFrame, PrivateSeries
+from .session import get_session
+
+__all__ = ["SUPPORTED", "fit_private", "supported_names"]
+
+# Fitted attributes diffprivlib computes exactly from the rows: never handed to the user.
+_EXACT_ATTRIBUTES = frozenset({
+    "labels_",                # KMeans: one label per training row
+    "inertia_",               # KMeans: exact sum of distances
+    "n_iter_",                # optimiser iterations depend on the exact data
+    "n_samples_seen_",        # StandardScaler: exact row count (row counts are private)
+    "n_samples_",             # PCA: exact row count
+})
+
+# Fitted attributes diffprivlib derives from the exact row count: the user gets NaN of the same
+# shape (scikit-learn reads them in transform), and explained_variance_ratio_ has the information.
+_COUNT_SCALED = frozenset({"explained_variance_", "noise_variance_"})
+
+# Parameters that never change what is released (noise never takes a seed; threads and copies do
+# not change results).
+_IGNORED = frozenset({"random_state", "n_jobs", "verbose", "copy", "copy_X", "copy_x"})
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """How one scikit-learn estimator maps to diffprivlib."""
+
+    passed: tuple = ()              # hyper-parameters handed to diffprivlib as they are
+    supervised: bool = False        # needs a label y
+    label: str = ""                 # "classes" (declared categories) or "bounds" (declared bounds)
+    needs: tuple = ()               # "bounds", "data_norm", "bounds_X", "classes" for the constructor
+    defaults: dict = field(default_factory=dict)  # diffprivlib's value where scikit-learn's None has no DP meaning
+    solver: tuple = ()              # how scikit-learn searches; diffprivlib runs its own search
+
+
+SUPPORTED = {
+    "LogisticRegression": _Spec(("C", "max_iter", "fit_intercept", "tol"), True, "classes", ("data_norm",)),
+    "LinearRegression": _Spec(("fit_intercept",), True, "bounds", ("bounds_X",)),
+    "GaussianNB": _Spec(("priors", "var_smoothing"), True, "classes", ("bounds",)),
+    "KMeans": _Spec(("n_clusters",), False, "", ("bounds",), solver=("n_init", "algorithm")),
+    "PCA": _Spec(("n_components",), False, "", ("bounds", "data_norm"),
+                 solver=("svd_solver", "tol", "iterated_power", "n_oversamples", "power_iteration_normalizer")),
+    "StandardScaler": _Spec(("with_mean", "with_std"), False, "", ("bounds",)),
+    "RandomForestClassifier": _Spec(("n_estimators", "max_depth"), True, "classes", ("bounds", "classes"),
+                                    {"max_depth": 5}),
+    "DecisionTreeClassifier": _Spec(("max_depth",), True, "classes", ("bounds", "classes"), {"max_depth": 5}),
+}
+
+
+def supported_names() -> str:
+    """The supported scikit-learn estimators, as a sentence fragment for messages."""
+    return ", ".join(SUPPORTED)
+
+
+def fit_private(estimator, X, y=None, *, epsilon=None, sample_weight=None):
+    """Train ``estimator`` on a private frame as a DP release, and return it fitted.
+
+    Parameters
+    ----------
+    estimator : scikit-learn estimator
+        An unfitted (or previously fitted) instance of a supported class; its hyper-parameters
+        are kept. It is returned fitted with diffprivlib's DP state.
+    X : PrivateFrame
+        Numeric source columns with declared bounds (``bounds={'col': (low, high)}``).
+    y : PrivateSeries, optional
+        The label, a column of the same protected frame. Classifiers need its declared
+        categories (``categories={'col': [...]}``); LinearRegression its declared bounds.
+    epsilon : float, optional
+        The epsilon to spend; the cell's (``%%dp --epsilon``) or the policy's default when omitted.
+    sample_weight : None
+        Not supported on private data.
+
+    Returns
+    -------
+    estimator
+        The same instance, fitted; ``dp.info(estimator)`` gives its release information.
+
+    Raises
+    ------
+    PrivacyError
+        Outside ``%%dp``/``dp.spending()``, or when the fit would need information from the data.
+    PolicyError
+        When bounds, categories or hyper-parameters are missing or not supported.
+    BudgetExceededError
+        When the budget cannot pay for the fit (nothing is charged).
+    """
+    name = type(estimator).__name__
+    spec = _spec_of(estimator)
+    if sample_weight is not None:
+        raise PolicyError(f"sample_weight is not supported when fitting {name} on private data; fit without it.")
+    features, label, where = _columns(name, spec, X, y)
+    options = _hyper_parameters(estimator, spec)
+    dataset = X._ds
+    constructor = _constructor_arguments(dataset, spec, features, label)
+    describe_text = f"{name}({', '.join(features)}" + (f" -> {label})" if label else ")")
+
+    def fit(rows, budget):
+        return _fit_diffprivlib(name, {**options, **constructor}, rows, features, label, spec, budget, dataset)
+
+    model, info = get_session().release_model(dataset, columns=features + ([label] if label else []),
+                                              where=where, epsilon=epsilon, describe_text=describe_text, fit=fit)
+    _adopt(estimator, model)
+    estimator._dp = info  # read by dp.info(); a trailing underscore would mark fitted state for sklearn
+    return estimator
+
+
+# ------------------------------------------------------------------------------------------ checks
+def _spec_of(estimator) -> _Spec:
+    name = type(estimator).__name__
+    if not _is_sklearn(type(estimator)) or name not in SUPPORTED:
+        raise PrivacyError(f"{name} has no DP version here; on private data fit one of the supported "
+                           f"estimators inside %%dp: {supported_names()}.")
+    return SUPPORTED[name]
+
+
+def _is_sklearn(cls) -> bool:
+    """Only scikit-learn's own classes map to diffprivlib (a user subclass may change what fit does)."""
+    return cls.__module__.startswith("sklearn.")
+
+
+def _columns(name: str, spec: _Spec, X, y) -> tuple[list[str], str | None, tuple]:
+    """Feature names, label name and row filters, after checking they can train a DP model."""
+    if not isinstance(X, PrivateFrame):
+        raise PrivacyError(f"fit {name} on a private frame's columns for both X and y (X = df[['age', 'bmi']], "
+                           "y = df.label); mixing public X with a private y would read private rows.")
+    features = [_source_column(X, column) for column in X.columns]
+    if not features:
+        raise PolicyError(f"X has no columns; select the features to train {name} on (df[['age', 'bmi']]).")
+    for column in features:
+        if X._ds.schema.get(column) != NUMERIC:
+            raise PolicyError(f"column '{column}' is not numeric; {name} trains on numeric columns only. "
+                              "Encode it as a number first (df['is_f'] = df.sex == 'F' in the data before "
+                              "dp.protect), or leave it out of X.")
+    if not spec.supervised:
+        if y is not None and not isinstance(y, PrivateSeries):
+            raise PolicyError(f"{name} is unsupervised; call fit(X) without y.")
+        return features, None, X._where
+    if not isinstance(y, PrivateSeries):
+        raise PolicyError(f"{name} needs a label: pass y as a column of the same private frame (fit(X, df.label)).")
+    label = _source_column(y, y.name, expr=y._expr)
+    return features, label, X._merge_where(y)
+
+
+def _source_column(private, column: str, expr=None) -> str:
+    expr = private._cols[column] if expr is None else expr
+    if not isinstance(expr, P.Col):
+        raise PolicyError(f"column '{column}' is computed from other columns; models train on the protected "
+                          "source columns only for now. Add it to the DataFrame before dp.protect (with its "
+                          "bounds) or train on the original columns.")
+    return expr.name
+
+
+def _hyper_parameters(estimator, spec: _Spec) -> dict:
+    """The user's hyper-parameters diffprivlib understands; refuse any other that was changed."""
+    name = type(estimator).__name__
+    defaults = {p.name: p.default for p in inspect.signature(type(estimator).__init__).parameters.values()}
+    passed = {}
+    for key, value in estimator.get_params(deep=False).items():
+        if key in spec.passed:
+            if value is None and key in spec.defaults:
+                value = spec.defaults[key]
+            passed[key] = value
+        elif _changed(key, value, defaults, spec):
+            allowed = ", ".join(spec.passed) or "none"
+            raise PolicyError(f"{name}({key}={value!r}) has no DP version here; leave {key} at its default. "
+                              f"Hyper-parameters that work on private data: {allowed}.")
+    if name == "PCA":
+        _check_components(passed.get("n_components"))
+    return passed
+
+
+def _check_components(n_components) -> None:
+    if n_components is not None and not (isinstance(n_components, (int, np.integer)) and n_components > 0):
+        raise PolicyError(f"PCA(n_components={n_components!r}) would choose the number of components from the "
+                          "data; give a whole number of components (PCA(n_components=2)).")
+
+
+def _changed(key: str, value, defaults: dict, spec: _Spec) -> bool:
+    """Whether a parameter diffprivlib does not take was set to something that would change the model."""
+    if key in _IGNORED or key in spec.solver:
+        return False
+    return not _same(value, defaults.get(key, inspect.Parameter.empty))
+
+
+def _same(value, default) -> bool:
+    if value is default:
+        return True
+    try:
+        return bool(value == default)
+    except (TypeError, ValueError):
+        return False
+
+
+# ----------------------------------------------------------------------------- what the policy says
+def _constructor_arguments(dataset, spec: _Spec, features: list[str], label: str | None) -> dict:
+    """Bounds, norms and classes for diffprivlib, from the declared policy only."""
+    lows, highs = _feature_bounds(dataset, features)
+    out = {}
+    if "bounds" in spec.needs:
+        out["bounds"] = (lows, highs)
+    if "bounds_X" in spec.needs:
+        out["bounds_X"] = (lows, highs)
+    if "data_norm" in spec.needs:
+        out["data_norm"] = float(np.linalg.norm(np.maximum(np.abs(lows), np.abs(highs))))
+    if spec.label == "classes":
+        classes = _label_classes(dataset, label)
+        if "classes" in spec.needs:
+            out["classes"] = classes
+    elif spec.label == "bounds":
+        out["bounds_y"] = _declared_bounds(dataset, label, "the label")
+    return out
+
+
+def _feature_bounds(dataset, features: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [_declared_bounds(dataset, column, "a feature") for column in features]
+    return np.array([p[0] for p in pairs], dtype=float), np.array([p[1] for p in pairs], dtype=float)
+
+
+def _declared_bounds(dataset, column: str, role: str) -> tuple[float, float]:
+    bounds = dataset.column(column).bounds
+    if bounds is None:
+        # Estimated bounds are spent for pandas releases; a model's sensitivity must rest on declared ones.
+        raise PolicyError(f"column '{column}' ({role}) has no declared bounds, and a model's noise is scaled to "
+                          f"them; declare them with bounds={{'{column}': (low, high)}} in dp.protect (or the "
+                          "policy).")
+    return float(bounds[0]), float(bounds[1])
+
+
+def _label_classes(dataset, label: str) -> list:
+    categories = dataset.column(label).categories
+    if not categories:
+        raise PolicyError(f"the label '{label}' has no declared categories, and the classes of a model must not "
+                          f"come from the data; declare them with categories={{'{label}': [...]}} in dp.protect "
+                          "(or the policy).")
+    if len(categories) < 2:
+        raise PolicyError(f"the label '{label}' declares one category; a classifier needs at least two "
+                          f"(categories={{'{label}': [..., ...]}}).")
+    try:
+        return sorted(categories)
+    except TypeError:  # mixed types: keep the declared order
+        return list(categories)
+
+
+# ------------------------------------------------------------------------------------------ fitting
+def _fit_diffprivlib(name: str, arguments: dict, rows, features, label, spec: _Spec, epsilon: float, dataset):
+    """Train diffprivlib's estimator on exact rows with its own fresh accountant (never the global one)."""
+    import diffprivlib
+    import diffprivlib.models
+    from diffprivlib.utils import DiffprivlibCompatibilityWarning, PrivacyLeakWarning
+
+    accountant = diffprivlib.BudgetAccountant()
+    model = getattr(diffprivlib.models, name)(epsilon=epsilon, accountant=accountant, **arguments)
+    lows, highs = _feature_bounds(dataset, features)
+    X = np.clip(rows[features].to_numpy(float), lows, highs)
+    y = _label_values(rows, label, spec, dataset)
+    classes = _label_classes(dataset, label) if spec.label == "classes" else None
+    with warnings.catch_warnings():
+        # A leak warning means diffprivlib read something from the data it should have been told.
+        warnings.simplefilter("error", PrivacyLeakWarning)
+        warnings.simplefilter("error", DiffprivlibCompatibilityWarning)
+        _train(model, X, y, classes, (lows + highs) / 2)
+    spent_epsilon, spent_delta = accountant.total()
+    return model, float(spent_epsilon), float(spent_delta), f"diffprivlib {name}"
+
+
+def _label_values(rows, label, spec: _Spec, dataset):
+    if label is None:
+        return None
+    values = rows[label].to_numpy()
+    if spec.label == "bounds":
+        low, high = _declared_bounds(dataset, label, "the label")
+        return np.clip(values.astype(float), low, high)
+    return values
+
+
+def _train(model, X, y, classes, centre) -> None:
+    if y is None:
+        model.fit(X)
+        return
+    if classes is None:
+        model.fit(X, y)
+        return
+    # A label outside the declared categories is dropped row by row, like a filter: the model's
+    # classes are the declared ones, never the ones found in the data.
+    keep = np.isin(y.astype(object), classes)
+    X, y = X[keep], y[keep]
+    if type(model).__name__ == "GaussianNB":
+        model.partial_fit(X, y, classes=_as_label_array(classes, y))
+        return
+    if type(model).__name__ == "LogisticRegression":
+        # diffprivlib takes the classes from the labels it sees, so a declared class without rows
+        # would change the model's classes (or fail) depending on the data. One public row per
+        # declared class, at the centre of the bounds and the same whatever the data, keeps every
+        # class present: neighbouring datasets stay neighbours after adding them.
+        X = np.vstack([X, np.tile(centre, (len(classes), 1))])
+        y = np.concatenate([y.astype(object), np.asarray(list(classes), dtype=object)])
+        y = y.astype(type(classes[0])) if all(type(c) is type(classes[0]) for c in classes) else y
+    model.fit(X, y)
+
+
+def _as_label_array(classes, y):
+    return np.asarray(list(classes), dtype=y.dtype if y.dtype != object else object)
+
+
+# ------------------------------------------------------------------------------------- adoption
+def _adopt(estimator, model) -> None:
+    """Give the user's instance diffprivlib's fitted DP state (and only that)."""
+    for key in [k for k in vars(estimator) if k.endswith("_") and not k.startswith("_")]:
+        delattr(estimator, key)  # state of an earlier fit must not mix with this one
+    for key, value in vars(model).items():
+        if key.endswith("_") and not key.startswith("_") and key not in _EXACT_ATTRIBUTES:
+            setattr(estimator, key, np.full_like(value, np.nan, dtype=float) if key in _COUNT_SCALED else value)
+    if type(estimator).__name__ == "KMeans":
+        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+        # scikit-learn's KMeans.predict reads its thread count from fit.
+        estimator._n_threads = _openmp_effective_n_threads()
