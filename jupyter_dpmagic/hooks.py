@@ -74,6 +74,7 @@ def _install_sklearn() -> None:
         for method in _ROW_METHODS:
             if hasattr(cls, method):
                 _wrap(cls, method, _refuse_rows)
+    _install_metrics()
     if not getattr(validation.check_array, "_dpmagic", False):
         # validate_data and check_X_y look check_array up in this module at call time, so every
         # estimator's input check passes through here.
@@ -116,6 +117,10 @@ def _refuse_rows(original, method):
     @functools.wraps(original)
     def refused(self, *args, **kwargs):
         if any(_is_private(a) for a in (*args, *kwargs.values())):
+            if method == "score":
+                from .models import score_private
+
+                return score_private(self, *args, **kwargs)
             from .errors import PrivacyError
 
             raise PrivacyError(_row_message(type(self).__name__, method))
@@ -124,17 +129,36 @@ def _refuse_rows(original, method):
     return refused
 
 
+def _install_metrics() -> None:
+    """``sklearn.metrics`` functions given private columns release DP values instead."""
+    import sklearn.metrics as metrics
+
+    from . import models
+
+    for name in ("accuracy_score", "mean_squared_error", "confusion_matrix"):
+        original = getattr(metrics, name)
+        if getattr(original, "_dpmagic", False):
+            continue
+        private = getattr(models, name)
+
+        def wrapper(*args, _original=original, _private=private, **kwargs):
+            if any(_is_private(a) for a in (*args, *kwargs.values())):
+                return _private(*args, **kwargs)
+            return _original(*args, **kwargs)
+
+        functools.update_wrapper(wrapper, original)
+        wrapper._dpmagic = True
+        setattr(metrics, name, wrapper)
+
+
 def _row_message(name: str, method: str) -> str:
-    if method == "score":
-        return (f"{name}.score on private data is not a DP release yet (a DP score is planned); score the "
-                "model on public data (model.score(X_public, y_public)).")
     if method in ("fit_transform", "fit_predict"):
         return (f"{name}.{method} on private data would return rows; fit on the private frame inside %%dp "
                 f"(model.fit(X)) and call {method.split('_')[1]} on public data.")
     if method == "partial_fit":
         return f"{name}.partial_fit on private data has no DP version; call fit(X, y) inside %%dp."
     return (f"{name}.{method} on private data would return rows (one value per patient); call it on public "
-            "data (a numpy array or DataFrame), or aggregate inside %%dp. A DP score is planned.")
+            "data (a numpy array or DataFrame), or use model.score(X, y) inside %%dp for a DP accuracy.")
 
 
 def _guarded_check_array(original):

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import pandas as pd
 
 from . import plan as P
 from ._analysis import NUMERIC
@@ -29,7 +30,8 @@ from .errors import PolicyError, PrivacyError
 from .frame import PrivateFrame, PrivateSeries
 from .session import get_session
 
-__all__ = ["SUPPORTED", "fit_private", "supported_names"]
+__all__ = ["SUPPORTED", "fit_private", "score_private", "accuracy_score", "mean_squared_error",
+           "confusion_matrix", "supported_names"]
 
 # Fitted attributes diffprivlib computes exactly from the rows: never handed to the user.
 _EXACT_ATTRIBUTES = frozenset({
@@ -343,3 +345,103 @@ def _adopt(estimator, model) -> None:
 
         # scikit-learn's KMeans.predict reads its thread count from fit.
         estimator._n_threads = _openmp_effective_n_threads()
+
+
+# ------------------------------------------------------------------------------- scores and metrics
+_CLASSIFIERS = ("LogisticRegression", "GaussianNB", "RandomForestClassifier", "DecisionTreeClassifier")
+
+
+def score_private(estimator, X, y=None, *, epsilon=None, sample_weight=None):
+    """``model.score(X, y)`` on private data, as a DP release.
+
+    Classifiers: the DP share of rows whose predicted class equals the label (accuracy), a DP mean
+    of a 0/1 value with its 95% interval. LinearRegression: the DP coefficient of determination
+    ``1 - MSE / Var(y)`` from one release of the mean squared error (predictions and labels clamped
+    to the label's bounds) and the label's variance; a post-processed ratio without an interval.
+    Predictions are computed inside the session from each person's bounded rows and never leave it.
+    """
+    from .release import DPFloat
+    from .session import Derived
+
+    name = type(estimator).__name__
+    if name not in _CLASSIFIERS + ("LinearRegression",) or not _is_sklearn(type(estimator)):
+        raise PrivacyError(f"{name}.score on private data has no DP version; score one of "
+                           f"{', '.join(_CLASSIFIERS + ('LinearRegression',))} inside %%dp, or score on public data.")
+    if sample_weight is not None:
+        raise PolicyError("sample_weight is not supported when scoring on private data; score without it.")
+    if not hasattr(estimator, "n_features_in_"):
+        raise PolicyError(f"this {name} is not fitted yet; fit it first (inside %%dp for private data).")
+    spec = SUPPORTED[name]
+    features, label, where = _columns(name, spec, X, y)
+    dataset = X._ds
+    lows, highs = _feature_bounds(dataset, features)
+    inputs = tuple(features + [label])
+
+    def predictions(rows):
+        return estimator.predict(np.clip(rows[features].to_numpy(float), lows, highs))
+
+    if name in _CLASSIFIERS:
+        def correct(rows):
+            return pd.DataFrame({"correct": (predictions(rows) == rows[label].to_numpy()).astype(float)})
+
+        derived = Derived(inputs, correct, f"{name}.score (accuracy) on {', '.join(features)} -> {label}")
+        return get_session().release(dataset, [P.Mean(P.Col("correct"), 0.0, 1.0)], where=where, epsilon=epsilon,
+                                     derived=derived)
+    low, high = _declared_bounds(dataset, label, "the label")
+
+    def errors(rows):
+        truth = np.clip(rows[label].to_numpy(float), low, high)
+        return pd.DataFrame({"squared_error": (np.clip(predictions(rows), low, high) - truth) ** 2, "label": truth})
+
+    derived = Derived(inputs, errors, f"{name}.score (R²) on {', '.join(features)} -> {label}")
+    parts = get_session().release(
+        dataset, [P.Mean(P.Col("squared_error"), 0.0, (high - low) ** 2), P.Variance(P.Col("label"), low, high)],
+        where=where, epsilon=epsilon, derived=derived, shape="series", labels=["mse", "variance"])
+    mse, variance = float(parts["mse"]), float(parts["variance"])
+    info = replace(parts._dp, ci_low=None, ci_high=None, accuracy="no interval (a ratio of two DP values)",
+                   notes=parts._dp.notes + (f"R² = 1 - MSE / Var(y) with DP MSE {mse:.4g} and Var(y) {variance:.4g}",))
+    return DPFloat(1.0 - mse / variance if variance > 0 else float("nan"), info)
+
+
+def accuracy_score(y_true, y_pred, *, normalize=True, sample_weight=None, epsilon=None):
+    """``sklearn.metrics.accuracy_score`` of two private columns: the DP share (or count) of equal rows."""
+    agree = _pair(y_true, y_pred, "accuracy_score", sample_weight) == y_pred
+    return agree.mean(epsilon=epsilon) if normalize else agree.sum(epsilon=epsilon)
+
+
+def mean_squared_error(y_true, y_pred, *, sample_weight=None, epsilon=None, **unsupported):
+    """``sklearn.metrics.mean_squared_error`` of two private columns with declared (or derivable) bounds."""
+    if unsupported:
+        raise PolicyError(f"mean_squared_error on private data does not take {', '.join(sorted(unsupported))}.")
+    difference = _pair(y_true, y_pred, "mean_squared_error", sample_weight) - y_pred
+    return (difference * difference).mean(epsilon=epsilon)
+
+
+def confusion_matrix(y_true, y_pred, *, labels=None, sample_weight=None, normalize=None, epsilon=None):
+    """``sklearn.metrics.confusion_matrix`` of two private columns: a DP table of counts (true x predicted).
+
+    Unlike scikit-learn it returns a DataFrame (rows: true class, columns: predicted class), so the
+    classes and the 95% intervals stay attached; ``.to_numpy()`` gives the plain array.
+    """
+    from .frame import crosstab
+
+    _pair(y_true, y_pred, "confusion_matrix", sample_weight)
+    if normalize is not None:
+        raise PolicyError("confusion_matrix(normalize=...) on private data: normalize the released table "
+                          "yourself (table / table.sum()), which is free post-processing.")
+    table = crosstab(y_true, y_pred, epsilon=epsilon)
+    if labels is not None:
+        info = table._dp
+        table = type(table)(table.reindex(index=list(labels), columns=list(labels)))
+        table._dp = info
+    return table
+
+
+def _pair(y_true, y_pred, what: str, sample_weight):
+    if not (isinstance(y_true, PrivateSeries) and isinstance(y_pred, PrivateSeries)):
+        raise PrivacyError(f"{what} on private data takes two private columns of one frame (the label and a "
+                           "column of predictions); a model's predictions on private rows stay private: use "
+                           "model.score(X, y) inside %%dp for its DP accuracy.")
+    if sample_weight is not None:
+        raise PolicyError(f"{what} on private data does not take sample_weight.")
+    return y_true

@@ -97,6 +97,33 @@ class Dataset:
         return resolved
 
 
+@dataclass(frozen=True)
+class Derived:
+    """Columns computed by a public function from each person's bounded rows of ``columns``.
+
+    In this process only (the function is code, not a plan): it lets a fitted model's per-row
+    predictions feed a release without the predictions ever leaving the session.
+    """
+
+    columns: tuple
+    compute: object  # rows (pandas DataFrame of ``columns``) -> DataFrame of the derived columns
+    what: str  # what the history shows
+
+    def reads(self, query: Query) -> Query:
+        """The query as the tier and identifier checks must see it: reading the source columns."""
+        return replace(query, measures=tuple(Count(Col(c)) for c in self.columns), by=())
+
+    def run(self, dataset: "Dataset", draft) -> Exact:
+        rows = dataset.engine.rows(replace(draft.query, measures=()), list(self.columns))
+        try:
+            frame = self.compute(rows)
+            # Rows are already filtered and bounded per person; the draft's noise counts max_rows.
+            return LocalEngine(frame).run(replace(draft.query, where=(), unit=None), draft.primitives)
+        except Exception as error:
+            raise PrivacyError(f"computing {self.what} failed on the data ({type(error).__name__}); nothing was "
+                               "charged.") from None
+
+
 class Session:
     """Datasets protected in this process, the ledger they charge, and the release pipeline."""
 
@@ -211,12 +238,14 @@ class Session:
 
     # ------------------------------------------------------------------------------------ release
     def release(self, dataset: Dataset, measures: Sequence, *, where: tuple = (), by: tuple = (),
-                epsilon=None, delta=None, shape: str = "scalar", labels: Sequence[str] = (), notes=()):
+                epsilon=None, delta=None, shape: str = "scalar", labels: Sequence[str] = (), notes=(),
+                derived: "Derived | None" = None):
         """Make one DP release of ``measures`` and return it shaped as ``shape``.
 
         ``shape`` is ``"scalar"`` (one measure, no groups), ``"series"`` (one measure per group, or
         one value per measure without groups), ``"frame"`` (groups x measures) or ``"bins"`` (a
-        histogram's bins).
+        histogram's bins). With ``derived``, the measures read columns that a public function computes
+        from each person's bounded rows of ``derived.columns`` (a model's per-row correctness, say).
         """
         scope = current_scope()
         if scope is None:
@@ -225,7 +254,7 @@ class Session:
         max_groups = dataset.max_groups if by else None
         query = Query(dataset.name, tuple(measures), tuple(where), tuple(by), dataset.unit, dataset.max_rows,
                       max_groups)
-        tiers = self._check_columns(dataset, query)
+        tiers = self._check_columns(dataset, query if derived is None else derived.reads(query))
         tier = dataset.policy.strictest(tiers)
         purpose, epsilon, delta = _parameters(dataset, scope, tier, epsilon, delta)
         query, pending = _known_bounds(dataset, query)
@@ -268,10 +297,11 @@ class Session:
             draft = _draft(query, units - estimate_units, record.mode, selection_delta)
 
         # Exact aggregates first: a query that fails here has charged nothing.
-        exact = _run(dataset, draft.query, draft.primitives)
+        exact = _run(dataset, draft.query, draft.primitives) if derived is None else derived.run(dataset, draft)
         cost = _cost(record, draft.units, epsilon * draft.units / units, delta)
+        what = describe(draft.query) if derived is None else derived.what
         charge = self.accountant.charge(
-            record, cost, query=describe(draft.query), mechanism=draft.mechanism, tier=tier, purpose=purpose,
+            record, cost, query=what, mechanism=draft.mechanism, tier=tier, purpose=purpose,
             units=draft.units, tier_shares=_tier_shares(dataset, tiers), selection_delta=selection_delta,
             purpose_reserves=dataset.policy.purpose_reserves())
         for each in scope.chain():
@@ -279,11 +309,14 @@ class Session:
 
         # The charge is committed: from here on nothing may fail silently or be retried.
         outcomes, keys = draft.finish(exact)
-        extra = tuple(dataset.estimates[c].note(fresh=c in fresh) for c in sorted(_estimated_columns(dataset, query)))
+        used = _estimated_columns(dataset, query) if derived is None else set()
+        extra = tuple(dataset.estimates[c].note(fresh=c in fresh) for c in sorted(used))
         if accuracy is not None:
             extra += (f"ε chosen for an accuracy of {accuracy} (95%)",)
         info = _info(dataset, draft.query, draft.mechanism, cost, charge.id, purpose, tier,
                      draft.notes() + extra + tuple(notes), selection_delta=selection_delta)
+        if derived is not None:
+            info = replace(info, query=derived.what)
         return _shape(outcomes, info, draft.query.by, shape, labels, keys)
 
     def _check_columns(self, dataset: Dataset, query: Query) -> set[str]:

@@ -247,16 +247,57 @@ def test_public_features_with_a_private_label_refused(protected):
         LogisticRegression().fit(PUBLIC_X, pf.label)
 
 
-@pytest.mark.parametrize("method", ["predict", "predict_proba", "score", "transform"])
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "transform"])
 def test_row_outputs_on_private_data_refused(protected, method):
     pf = protected()
     with dp.spending(epsilon=2.0):
         classifier = LogisticRegression().fit(pf[["a", "b"]], pf.label)
         scaler = StandardScaler().fit(pf[["a", "b"]])
         model = scaler if method == "transform" else classifier
-        args = (pf[["a", "b"]], pf.label) if method == "score" else (pf[["a", "b"]],)
-        with pytest.raises(dp.PrivacyError, match="would return rows" if method != "score" else "DP score"):
-            getattr(model, method)(*args)
+        with pytest.raises(dp.PrivacyError, match="would return rows"):
+            getattr(model, method)(pf[["a", "b"]])
+
+
+def test_score_on_private_data_is_a_dp_release(protected, dataset_name, data):
+    pf = protected(epsilon=1e4)
+    with dp.spending(epsilon=20.0):
+        classifier = LogisticRegression().fit(pf[["a", "b"]], pf.label)
+        regression = LinearRegression().fit(pf[["a", "b"]], pf.target)
+    with dp.spending(epsilon=500.0):
+        accuracy = classifier.score(pf[["a", "b"]], pf.label)
+        r2 = regression.score(pf[["a", "b"]], pf.target)
+    exact = (classifier.predict(data[["a", "b"]].to_numpy()) == data.label).mean()
+    assert abs(accuracy - exact) <= 0.01 and dp.info(accuracy).ci_low <= accuracy <= dp.info(accuracy).ci_high
+    assert "score (accuracy)" in dp.info(accuracy).query
+    truth = regression.score(data[["a", "b"]].to_numpy(), data.target.clip(0, 25))
+    assert abs(r2 - truth) <= 0.02
+    assert [c.query.split(" on ")[0] for c in dp.history(dataset_name).charges[-2:]] == [
+        "LogisticRegression.score (accuracy)", "LinearRegression.score (R²)"]
+    with dp.spending(epsilon=1.0):
+        with pytest.raises(dp.PrivacyError, match="no DP version"):
+            KMeans(n_clusters=2).fit(pf[["a", "b"]]).score(pf[["a", "b"]])
+
+
+def test_metrics_of_private_columns_are_dp_releases(dataset_name):
+    from sklearn import metrics
+
+    rng = np.random.default_rng(8)
+    truth = rng.choice(["a", "b"], 2000)
+    guess = np.where(rng.random(2000) < 0.8, truth, np.where(truth == "a", "b", "a"))
+    values = rng.uniform(0, 10, 2000)
+    frame = pd.DataFrame({"truth": truth, "guess": guess, "y": values, "y_hat": values + rng.normal(0, 1, 2000)})
+    pf = dp.protect(frame, name=dataset_name, epsilon=1e4, bounds={"y": (0, 10), "y_hat": (-5, 15)},
+                    categories={"truth": ["a", "b"], "guess": ["a", "b"]})
+    with dp.spending(epsilon=200.0):
+        accuracy = metrics.accuracy_score(pf.truth, pf.guess)
+        mse = metrics.mean_squared_error(pf.y, pf.y_hat)
+        table = metrics.confusion_matrix(pf.truth, pf.guess)
+    assert abs(accuracy - (truth == guess).mean()) < 0.01
+    assert abs(mse - ((frame.y - frame.y_hat.clip(-5, 15)) ** 2).mean()) < 0.1
+    exact = pd.crosstab(frame.truth, frame.guess)
+    assert np.abs(table.to_numpy() - exact.to_numpy()).max() <= 3
+    assert dp.budget(dataset_name).releases == 3
+    assert metrics.accuracy_score(truth, guess) == (truth == guess).mean()  # public data: plain scikit-learn
 
 
 def test_fit_transform_on_private_data_refused_before_charging(protected, dataset_name):
