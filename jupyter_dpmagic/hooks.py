@@ -74,6 +74,7 @@ def _install_sklearn() -> None:
         for method in _ROW_METHODS:
             if hasattr(cls, method):
                 _wrap(cls, method, _refuse_rows)
+    _install_pipeline()
     _install_metrics()
     if not getattr(validation.check_array, "_dpmagic", False):
         # validate_data and check_X_y look check_array up in this module at call time, so every
@@ -87,6 +88,15 @@ def _wrap(cls, method: str, make) -> None:
         # Inherited: wrap what the class would call, on the class itself.
         original = getattr(cls, method)
     if getattr(original, "_dpmagic", False):
+        return
+    if hasattr(original, "check") and hasattr(original, "fn"):
+        # scikit-learn's available_if: wrap the function and keep the availability check, so that
+        # hasattr(pipeline, "predict_proba") still answers as scikit-learn would.
+        wrapper = make(original.fn, method)
+        wrapper._dpmagic = True
+        replacement = type(original)(wrapper, original.check, attribute_name=original.attribute_name)
+        replacement._dpmagic = True
+        setattr(cls, method, replacement)
         return
     wrapper = make(original, method)
     wrapper._dpmagic = True
@@ -127,6 +137,39 @@ def _refuse_rows(original, method):
         return original(self, *args, **kwargs)
 
     return refused
+
+
+def _install_pipeline() -> None:
+    from sklearn.pipeline import Pipeline
+
+    def fit(original, method):
+        @functools.wraps(original)
+        def wrapper(self, X, y=None, **kwargs):
+            if _is_private(X) or _is_private(y):
+                from .models import fit_pipeline
+
+                return fit_pipeline(self, X, y, **kwargs)
+            return original(self, X, y, **kwargs)
+
+        return wrapper
+
+    def score(original, method):
+        @functools.wraps(original)
+        def wrapper(self, X, y=None, **kwargs):
+            if _is_private(X) or _is_private(y):
+                from .models import score_pipeline
+
+                return score_pipeline(self, X, y, **kwargs)
+            return original(self, X, y, **kwargs)
+
+        return wrapper
+
+    _wrap(Pipeline, "fit", fit)
+    _wrap(Pipeline, "score", score)
+    for method in ("predict", "predict_proba", "predict_log_proba", "decision_function", "transform",
+                   "fit_transform", "fit_predict"):
+        if hasattr(Pipeline, method):
+            _wrap(Pipeline, method, _refuse_rows)
 
 
 def _install_metrics() -> None:

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from . import plan as P
-from ._analysis import NUMERIC
+from ._analysis import BOOL, NUMERIC, bounds_of, kind_of
+from .engine.local import LocalEngine
 from .errors import PolicyError, PrivacyError
 from .frame import PrivateFrame, PrivateSeries
 from .session import get_session
@@ -122,12 +123,12 @@ def fit_private(estimator, X, y=None, *, epsilon=None, sample_weight=None):
     options = _hyper_parameters(estimator, spec)
     dataset = X._ds
     constructor = _constructor_arguments(dataset, spec, features, label)
-    describe_text = f"{name}({', '.join(features)}" + (f" -> {label})" if label else ")")
+    describe_text = f"{name}({features.text()}" + (f" -> {label})" if label else ")")
 
     def fit(rows, budget):
         return _fit_diffprivlib(name, {**options, **constructor}, rows, features, label, spec, budget, dataset)
 
-    model, info = get_session().release_model(dataset, columns=features + ([label] if label else []),
+    model, info = get_session().release_model(dataset, columns=list(features.sources) + ([label] if label else []),
                                               where=where, epsilon=epsilon, describe_text=describe_text, fit=fit)
     _adopt(estimator, model)
     estimator._dp = info  # read by dp.info(); a trailing underscore would mark fitted state for sklearn
@@ -148,19 +149,40 @@ def _is_sklearn(cls) -> bool:
     return cls.__module__.startswith("sklearn.")
 
 
-def _columns(name: str, spec: _Spec, X, y) -> tuple[list[str], str | None, tuple]:
-    """Feature names, label name and row filters, after checking they can train a DP model."""
+@dataclass(frozen=True)
+class _Features:
+    """The columns of X: row-wise expressions over source columns, with bounds from declared ones."""
+
+    labels: tuple
+    exprs: tuple
+    sources: tuple  # source columns read
+    lows: np.ndarray
+    highs: np.ndarray
+
+    def matrix(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        """The feature values of ``rows`` clamped to their bounds, and which rows have every value."""
+        engine = LocalEngine(rows.reset_index(drop=True))
+        columns = []
+        for expr in self.exprs:
+            value = engine.evaluate(expr)
+            columns.append(value.to_numpy(dtype=float, na_value=np.nan) if isinstance(value, pd.Series)
+                           else np.full(len(rows), float(value)))
+        X = np.column_stack(columns) if columns else np.zeros((len(rows), 0))
+        present = np.isfinite(X).all(axis=1)  # x / 0 has no value: such rows are left out, row by row
+        return np.clip(X, self.lows, self.highs), present
+
+    def text(self) -> str:
+        return ", ".join(self.labels)
+
+
+def _columns(name: str, spec: _Spec, X, y) -> tuple[_Features, str | None, tuple]:
+    """The features, label name and row filters, after checking they can train a DP model."""
     if not isinstance(X, PrivateFrame):
         raise PrivacyError(f"fit {name} on a private frame's columns for both X and y (X = df[['age', 'bmi']], "
                            "y = df.label); mixing public X with a private y would read private rows.")
-    features = [_source_column(X, column) for column in X.columns]
-    if not features:
+    if not len(X.columns):
         raise PolicyError(f"X has no columns; select the features to train {name} on (df[['age', 'bmi']]).")
-    for column in features:
-        if X._ds.schema.get(column) != NUMERIC:
-            raise PolicyError(f"column '{column}' is not numeric; {name} trains on numeric columns only. "
-                              "Encode it as a number first (df['is_f'] = df.sex == 'F' in the data before "
-                              "dp.protect), or leave it out of X.")
+    features = _features(name, X)
     if not spec.supervised:
         if y is not None and not isinstance(y, PrivateSeries):
             raise PolicyError(f"{name} is unsupervised; call fit(X) without y.")
@@ -169,6 +191,23 @@ def _columns(name: str, spec: _Spec, X, y) -> tuple[list[str], str | None, tuple
         raise PolicyError(f"{name} needs a label: pass y as a column of the same private frame (fit(X, df.label)).")
     label = _source_column(y, y.name, expr=y._expr)
     return features, label, X._merge_where(y)
+
+
+def _features(name: str, X) -> _Features:
+    dataset = X._ds
+    labels, exprs, lows, highs, sources = [], [], [], [], set()
+    for column, expr in X._cols.items():
+        if kind_of(expr, dataset.schema) not in (NUMERIC, BOOL):
+            raise PolicyError(f"column '{column}' is not numeric; {name} trains on numeric columns only. "
+                              "Encode it as a number first (df['is_f'] = df.sex == 'F'), or leave it out of X.")
+        used = P.columns_of(expr)
+        bounds = bounds_of(expr, lambda c: dataset.column(c).bounds, dataset.schema)
+        if bounds is None or not bounds[0] < bounds[1]:
+            missing = sorted(c for c in used if dataset.column(c).bounds is None) or [column]
+            raise _no_bounds(missing[0], "a feature")
+        labels.append(column), exprs.append(expr), sources.update(used)
+        lows.append(bounds[0]), highs.append(bounds[1])
+    return _Features(tuple(labels), tuple(exprs), tuple(sorted(sources)), np.array(lows, float), np.array(highs, float))
 
 
 def _source_column(private, column: str, expr=None) -> str:
@@ -222,9 +261,9 @@ def _same(value, default) -> bool:
 
 
 # ----------------------------------------------------------------------------- what the policy says
-def _constructor_arguments(dataset, spec: _Spec, features: list[str], label: str | None) -> dict:
+def _constructor_arguments(dataset, spec: _Spec, features: _Features, label: str | None) -> dict:
     """Bounds, norms and classes for diffprivlib, from the declared policy only."""
-    lows, highs = _feature_bounds(dataset, features)
+    lows, highs = features.lows, features.highs
     out = {}
     if "bounds" in spec.needs:
         out["bounds"] = (lows, highs)
@@ -241,19 +280,17 @@ def _constructor_arguments(dataset, spec: _Spec, features: list[str], label: str
     return out
 
 
-def _feature_bounds(dataset, features: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    pairs = [_declared_bounds(dataset, column, "a feature") for column in features]
-    return np.array([p[0] for p in pairs], dtype=float), np.array([p[1] for p in pairs], dtype=float)
-
-
 def _declared_bounds(dataset, column: str, role: str) -> tuple[float, float]:
     bounds = dataset.column(column).bounds
     if bounds is None:
-        # Estimated bounds are spent for pandas releases; a model's sensitivity must rest on declared ones.
-        raise PolicyError(f"column '{column}' ({role}) has no declared bounds, and a model's noise is scaled to "
-                          f"them; declare them with bounds={{'{column}': (low, high)}} in dp.protect (or the "
-                          "policy).")
+        raise _no_bounds(column, role)
     return float(bounds[0]), float(bounds[1])
+
+
+def _no_bounds(column: str, role: str) -> PolicyError:
+    # Estimated bounds are spent for pandas releases; a model's sensitivity must rest on declared ones.
+    return PolicyError(f"column '{column}' ({role}) has no declared bounds, and a model's noise is scaled to "
+                       f"them; declare them with bounds={{'{column}': (low, high)}} in dp.protect (or the policy).")
 
 
 def _label_classes(dataset, label: str) -> list:
@@ -280,15 +317,15 @@ def _fit_diffprivlib(name: str, arguments: dict, rows, features, label, spec: _S
 
     accountant = diffprivlib.BudgetAccountant()
     model = getattr(diffprivlib.models, name)(epsilon=epsilon, accountant=accountant, **arguments)
-    lows, highs = _feature_bounds(dataset, features)
-    X = np.clip(rows[features].to_numpy(float), lows, highs)
+    X, present = features.matrix(rows)
     y = _label_values(rows, label, spec, dataset)
+    X, y = X[present], (None if y is None else y[present])
     classes = _label_classes(dataset, label) if spec.label == "classes" else None
     with warnings.catch_warnings():
         # A leak warning means diffprivlib read something from the data it should have been told.
         warnings.simplefilter("error", PrivacyLeakWarning)
         warnings.simplefilter("error", DiffprivlibCompatibilityWarning)
-        _train(model, X, y, classes, (lows + highs) / 2)
+        _train(model, X, y, classes, (features.lows + features.highs) / 2)
     spent_epsilon, spent_delta = accountant.total()
     return model, float(spent_epsilon), float(spent_delta), f"diffprivlib {name}"
 
@@ -374,26 +411,32 @@ def score_private(estimator, X, y=None, *, epsilon=None, sample_weight=None):
     spec = SUPPORTED[name]
     features, label, where = _columns(name, spec, X, y)
     dataset = X._ds
-    lows, highs = _feature_bounds(dataset, features)
-    inputs = tuple(features + [label])
+    inputs = tuple(dict.fromkeys(features.sources + (label,)))
 
     def predictions(rows):
-        return estimator.predict(np.clip(rows[features].to_numpy(float), lows, highs))
+        X, present = features.matrix(rows)
+        # A row without a value for some feature cannot be predicted; it counts as wrong (or as the
+        # largest error), so no row is dropped depending on the model.
+        guess = estimator.predict(np.where(present[:, None], X, (features.lows + features.highs) / 2))
+        return guess, present
 
     if name in _CLASSIFIERS:
         def correct(rows):
-            return pd.DataFrame({"correct": (predictions(rows) == rows[label].to_numpy()).astype(float)})
+            guess, present = predictions(rows)
+            return pd.DataFrame({"correct": ((guess == rows[label].to_numpy()) & present).astype(float)})
 
-        derived = Derived(inputs, correct, f"{name}.score (accuracy) on {', '.join(features)} -> {label}")
+        derived = Derived(inputs, correct, f"{name}.score (accuracy) on {features.text()} -> {label}")
         return get_session().release(dataset, [P.Mean(P.Col("correct"), 0.0, 1.0)], where=where, epsilon=epsilon,
                                      derived=derived)
     low, high = _declared_bounds(dataset, label, "the label")
 
     def errors(rows):
         truth = np.clip(rows[label].to_numpy(float), low, high)
-        return pd.DataFrame({"squared_error": (np.clip(predictions(rows), low, high) - truth) ** 2, "label": truth})
+        guess, present = predictions(rows)
+        error = np.where(present, (np.clip(guess, low, high) - truth) ** 2, (high - low) ** 2)
+        return pd.DataFrame({"squared_error": error, "label": truth})
 
-    derived = Derived(inputs, errors, f"{name}.score (R²) on {', '.join(features)} -> {label}")
+    derived = Derived(inputs, errors, f"{name}.score (R²) on {features.text()} -> {label}")
     parts = get_session().release(
         dataset, [P.Mean(P.Col("squared_error"), 0.0, (high - low) ** 2), P.Variance(P.Col("label"), low, high)],
         where=where, epsilon=epsilon, derived=derived, shape="series", labels=["mse", "variance"])
@@ -445,3 +488,54 @@ def _pair(y_true, y_pred, what: str, sample_weight):
     if sample_weight is not None:
         raise PolicyError(f"{what} on private data does not take sample_weight.")
     return y_true
+
+
+# ------------------------------------------------------------------------------------------ pipelines
+_TRANSFORMERS = ("StandardScaler",)
+
+
+def fit_pipeline(pipeline, X, y=None, *, epsilon=None):
+    """``Pipeline([...]).fit(X, y)`` on private data: each step is fitted as its own DP release.
+
+    The steps before the last must be DP transformers (StandardScaler); each is fitted on the private
+    frame, and its fitted transformation is applied to the private columns as row-wise arithmetic,
+    with bounds carried through by interval arithmetic. The last step is any supported estimator.
+    Every step is charged (the cell's or the call's epsilon, or the policy's default, for each).
+    """
+    steps = list(pipeline.steps)
+    for step_name, step in steps[:-1]:
+        if type(step).__name__ not in _TRANSFORMERS or not _is_sklearn(type(step)):
+            raise PolicyError(f"pipeline step '{step_name}' ({type(step).__name__}) has no DP version before the "
+                              f"last step; on private data a Pipeline chains {', '.join(_TRANSFORMERS)} and ends with "
+                              f"one of: {supported_names()}.")
+        fit_private(step, X, epsilon=epsilon)
+        X = _transformed(step, X)
+    last_name, last = steps[-1]
+    if last is None or last == "passthrough":
+        raise PolicyError("a Pipeline on private data must end with an estimator, not 'passthrough'.")
+    fit_private(last, X, y, epsilon=epsilon)
+    pipeline._dp = last._dp
+    return pipeline
+
+
+def score_pipeline(pipeline, X, y=None, *, epsilon=None, sample_weight=None):
+    """``pipeline.score(X, y)`` on private data: the last step's DP score on the transformed columns."""
+    for _, step in pipeline.steps[:-1]:
+        if type(step).__name__ not in _TRANSFORMERS:
+            raise PolicyError(f"{type(step).__name__} has no DP version; score this Pipeline on public data.")
+        X = _transformed(step, X)
+    return score_private(pipeline.steps[-1][1], X, y, epsilon=epsilon, sample_weight=sample_weight)
+
+
+def _transformed(scaler, X):
+    """A fitted StandardScaler applied to the private columns as arithmetic (nothing is read)."""
+    if not isinstance(X, PrivateFrame):
+        raise PrivacyError("a Pipeline on private data needs X as a private frame (df[['age', 'bmi']]).")
+    columns = {}
+    for i, (name, expr) in enumerate(X._cols.items()):
+        if getattr(scaler, "mean_", None) is not None and scaler.with_mean:
+            expr = P.BinOp("-", expr, P.Lit(float(scaler.mean_[i])))
+        if getattr(scaler, "scale_", None) is not None and scaler.with_std:
+            expr = P.BinOp("/", expr, P.Lit(float(scaler.scale_[i])))
+        columns[name] = expr
+    return PrivateFrame(X._ds, columns, X._where)

@@ -222,16 +222,18 @@ def test_unsupported_hyper_parameters_refused(protected, dataset_name):
     assert spent(dataset_name)[1] == 1
 
 
-def test_derived_and_non_numeric_columns_refused(protected, dataset_name):
+def test_derived_features_train_and_unbounded_or_text_ones_are_refused(protected, dataset_name):
     pf = protected()
     X = pf[["a", "b"]]
-    X["sum"] = pf.a + pf.b
+    X["sum"] = pf.a + pf.b  # bounds [0, 20] by interval arithmetic on the declared ones
     with dp.spending(epsilon=1.0):
-        with pytest.raises(dp.PolicyError, match="computed from other columns"):
-            LogisticRegression().fit(X, pf.label)
+        with pytest.raises(dp.PolicyError, match="bounds"):
+            LogisticRegression().fit(pf[["a"]].assign(ratio=pf.a / pf.b), pf.label)  # b can be 0
         with pytest.raises(dp.PolicyError, match="not numeric"):
             StandardScaler().fit(pf[["a", "label"]])
-    assert spent(dataset_name) == (0, 0)
+        assert spent(dataset_name) == (0, 0)
+        model = LogisticRegression().fit(X, pf.label)
+    assert model.coef_.shape == (1, 3) and spent(dataset_name)[1] == 1
 
 
 def test_identifier_columns_refused(protect_hospital, dataset_name):
@@ -381,3 +383,24 @@ def test_a_declared_class_without_rows_neither_fails_nor_disappears(dataset_name
         model = LogisticRegression().fit(pf[["x"]], pf.label)
     assert list(model.classes_) == ["a", "b", "rare"]  # the declared classes, whatever the rows hold
     assert dp.budget(dataset_name).releases == 1
+
+
+def test_a_pipeline_of_a_dp_scaler_and_a_dp_model(protected, dataset_name, data):
+    from sklearn.pipeline import Pipeline, make_pipeline
+    from sklearn.svm import SVC as PlainSVC
+
+    pf = protected(epsilon=1e4)
+    pipe = Pipeline([("scale", StandardScaler()), ("model", LogisticRegression())])
+    with dp.spending(epsilon=20.0):
+        fitted = pipe.fit(pf[["a", "b"]], pf.label)
+        accuracy = pipe.score(pf[["a", "b"]], pf.label)
+        with pytest.raises(dp.PrivacyError, match="would return rows"):
+            pipe.predict(pf[["a", "b"]])
+        with pytest.raises(dp.PolicyError, match="StandardScaler"):
+            make_pipeline(PlainSVC(), LogisticRegression()).fit(pf[["a", "b"]], pf.label)
+    assert fitted is pipe and [c.query.split("(")[0] for c in dp.history(dataset_name).charges] == [
+        "StandardScaler", "LogisticRegression", "LogisticRegression.score "]
+    clear = np.abs(PUBLIC.a + PUBLIC.b - 10) > 1
+    assert pipe.score(PUBLIC_X[clear], PUBLIC.label[clear]) >= 0.85  # ordinary pipeline on public data
+    exact = (pipe.predict(data[["a", "b"]].to_numpy()) == data.label).mean()
+    assert abs(accuracy - exact) <= 0.01
