@@ -18,12 +18,13 @@ from .frame import PrivateFrame, PrivateGroupBy, PrivateSeries, crosstab
 from .models import fit_private
 from .policy import Policy
 from .release import ReleaseInfo, info
+from .split import train_test_split
 
 __version__ = "0.1.0"
 
 __all__ = [
     "protect", "spending", "explain", "crosstab", "fit_private", "budget", "history", "policy", "info", "Policy",
-    "synthetic_cohort", "COHORT_BOUNDS", "COHORT_CATEGORIES",
+    "train_test_split", "synthetic_cohort", "COHORT_BOUNDS", "COHORT_CATEGORIES",
     "PrivateFrame", "PrivateSeries", "PrivateGroupBy", "ReleaseInfo", "BudgetStatus",
     "PrivacyError", "BudgetExceededError", "PolicyError", "load_ipython_extension",
 ]

@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable, Mapping
 
 from .errors import PolicyError
-from .plan import AsType, Between, BinOp, Clip, Col, Expr, FillNA, IsIn, IsNA, Lit, UnOp
+from .plan import AsType, Between, BinOp, Clip, Col, Expr, FillNA, IsIn, IsNA, Lit, Part, UnOp
 from .plan import ARITHMETIC, COMPARISON, LOGICAL
 
 __all__ = ["kind_of", "bounds_of", "dtype_kind"]
@@ -100,6 +100,8 @@ def kind_of(expr: Expr, schema: Mapping[str, str]) -> str:
     if isinstance(expr, AsType):
         kind_of(expr.operand, schema)
         return BOOL if expr.dtype == "bool" else NUMERIC
+    if isinstance(expr, Part):
+        return BOOL
     raise TypeError(f"not an expression: {expr!r}")
 
 
@@ -134,7 +136,8 @@ def bounds_of(expr: Expr, column_bounds: Callable[[str], Interval | None],
             if isinstance(node.value, (int, float)) and math.isfinite(float(node.value)):
                 return (float(node.value), float(node.value))
             return None
-        if isinstance(node, (IsIn, Between, IsNA)) or (isinstance(node, BinOp) and node.op in COMPARISON + LOGICAL):
+        if (isinstance(node, (IsIn, Between, IsNA, Part))
+                or (isinstance(node, BinOp) and node.op in COMPARISON + LOGICAL)):
             return (0.0, 1.0)
         if isinstance(node, UnOp):
             if node.op == "not":
@@ -222,6 +225,7 @@ def contradiction(predicates) -> str | None:
     from .plan import Between as _Between
 
     ranges: dict[str, list] = {}
+    sides: dict[tuple, set] = {}  # one split (token, fraction, unit) -> the sides asked for
 
     def narrow(name, low, low_open, high, high_open):
         lo, lo_open, hi, hi_open = ranges.get(name, [-math.inf, False, math.inf, False])
@@ -234,6 +238,9 @@ def contradiction(predicates) -> str | None:
     def visit(p):
         if isinstance(p, BinOp) and p.op == "&":
             visit(p.left), visit(p.right)
+            return
+        if isinstance(p, Part):
+            sides.setdefault((p.token, p.fraction, p.unit), set()).add(p.side)
             return
         if isinstance(p, _Between) and isinstance(p.operand, Col) and _is_number(p.low) and _is_number(p.high):
             narrow(p.operand.name, float(p.low), p.inclusive in ("neither", "right"), float(p.high),
@@ -255,6 +262,8 @@ def contradiction(predicates) -> str | None:
 
     for predicate in predicates:
         visit(predicate)
+    if any(len(found) == 2 for found in sides.values()):
+        return "the train and test halves of one split share no row"
     for name, (lo, lo_open, hi, hi_open) in ranges.items():
         if lo > hi or (lo == hi and (lo_open or hi_open)):
             return f"the conditions on '{name}' exclude each other, so no row can match"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 __all__ = [
-    "Col", "Lit", "BinOp", "UnOp", "IsIn", "Between", "IsNA", "Clip", "FillNA", "AsType", "Expr",
+    "Col", "Lit", "BinOp", "UnOp", "IsIn", "Between", "IsNA", "Clip", "FillNA", "AsType", "Part", "Expr",
     "GroupKey", "Count", "Sum", "Mean", "Variance", "Quantile", "Histogram", "Measure", "Query",
     "RowCount", "FixedSum", "QuantileScores", "BinCounts", "Primitive",
     "columns_of", "to_dict", "from_dict", "describe",
@@ -94,7 +94,25 @@ class AsType:
     dtype: str
 
 
-Expr = Union[Col, Lit, BinOp, UnOp, IsIn, Between, IsNA, Clip, FillNA, AsType]
+@dataclass(frozen=True)
+class Part:
+    """One side of a random split of the rows (True for rows on that side).
+
+    The engine draws, once per ``token``, a uniform number for each person (each row when ``unit`` is
+    None) from fresh randomness; a person is on the test side when that number is below ``fraction``.
+    The draw is kept for the life of the engine, so every query naming the same token sees the same
+    split, and the two sides of one token are disjoint and cover every row. ``unit`` is the privacy
+    unit column's name (a plain string, not a :class:`Col`: the split reads it only to keep a
+    person's rows together, it never releases or filters on its values).
+    """
+
+    token: int
+    fraction: float  # share of people on the test side, in (0, 1)
+    side: bool  # True: the test side; False: the train side
+    unit: str | None = None
+
+
+Expr = Union[Col, Lit, BinOp, UnOp, IsIn, Between, IsNA, Clip, FillNA, AsType, Part]
 
 
 # ------------------------------------------------------------------------------------------ measures
@@ -272,7 +290,7 @@ def columns_of(node: Any) -> set[str]:
 
 
 _KINDS = {cls.__name__: cls for cls in (
-    Col, Lit, BinOp, UnOp, IsIn, Between, IsNA, Clip, FillNA, AsType, GroupKey,
+    Col, Lit, BinOp, UnOp, IsIn, Between, IsNA, Clip, FillNA, AsType, Part, GroupKey,
     Count, Sum, Mean, Variance, Quantile, Histogram, Query, RowCount, FixedSum, QuantileScores, BinCounts)}
 
 
@@ -334,6 +352,9 @@ def describe(node: Any) -> str:
         return f"{describe(node.operand)}.fillna({node.value!r})"
     if isinstance(node, AsType):
         return f"{describe(node.operand)}.astype({node.dtype!r})"
+    if isinstance(node, Part):
+        side, share = ("test", node.fraction) if node.side else ("train", 1.0 - node.fraction)
+        return f"split#{node.token}({side} {share:.0%})"
     if isinstance(node, Count):
         return "count(rows)" if node.expr is None else f"count({describe(node.expr)})"
     if isinstance(node, Variance):

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..plan import ARITHMETIC
 from ..plan import (AsType, BinCounts, Between, BinOp, Clip, Col, Expr, FillNA, FixedSum, IsIn, IsNA, Lit,
-                    Query, QuantileScores, RowCount, UnOp)
+                    Part, Query, QuantileScores, RowCount, UnOp)
 
 __all__ = ["LocalEngine", "Exact"]
 
@@ -54,6 +54,8 @@ class LocalEngine:
         # changes after protect(), so they are computed once.
         self._source_cache: dict = {}
         self._unit_codes: dict[str, np.ndarray] = {}
+        # (split token, unit) -> one uniform draw per row, equal for all rows of a person.
+        self._splits: dict[tuple, np.ndarray] = {}
 
     # ------------------------------------------------------------------------------------ public
     def run(self, query: Query, primitives: Sequence) -> Exact:
@@ -158,7 +160,35 @@ class LocalEngine:
                 # Truncate like astype(int) but keep missing values missing instead of failing.
                 return np.trunc(inner.astype("float64"))
             return inner.astype(expr.dtype)
+        if isinstance(expr, Part):
+            test = self._split_draws(expr.token, expr.unit) < expr.fraction
+            return pd.Series(test if expr.side else ~test, index=self._frame.index)
         raise TypeError(f"not an expression: {expr!r}")
+
+    def _split_draws(self, token: int, unit: str | None) -> np.ndarray:
+        """The uniform draw of every row for split ``token``, made once from fresh randomness.
+
+        With a privacy unit there is one draw per person, shared by all of that person's rows, so a
+        person is wholly on one side. Each person's draw is independent of everybody's data.
+        """
+        key = (token, unit)
+        if key not in self._splits:
+            rng = np.random.default_rng(secrets.randbits(128))
+            if unit is None:
+                draws = rng.random(self._n)
+            else:
+                codes = self._codes_of(unit)
+                per_person = rng.random(int(codes.max(initial=-1)) + 1)
+                draws = np.where(codes >= 0, per_person[np.maximum(codes, 0)], rng.random(self._n))
+            draws.setflags(write=False)
+            self._splits[key] = draws
+        return self._splits[key]
+
+    def _codes_of(self, unit: str) -> np.ndarray:
+        """Person number of every row (-1: no person), computed once per unit column."""
+        if unit not in self._unit_codes:
+            self._unit_codes[unit] = pd.factorize(self._frame[unit], use_na_sentinel=True)[0]
+        return self._unit_codes[unit]
 
     def _numeric(self, expr: Expr, cache: dict) -> np.ndarray:
         value = self.evaluate(expr, cache)
@@ -263,9 +293,7 @@ class LocalEngine:
         The choice for one person depends only on that person's own rows and fresh randomness, never
         on other people's data, so the bound on each person's influence holds.
         """
-        if unit not in self._unit_codes:
-            self._unit_codes[unit] = pd.factorize(self._frame[unit], use_na_sentinel=True)[0]
-        unit_codes = self._unit_codes[unit]
+        unit_codes = self._codes_of(unit)
         index = np.arange(self._n) if keep is None else np.flatnonzero(keep)
         rng = np.random.default_rng(secrets.randbits(128))
         if groups is not None and max_groups is not None:
