@@ -76,6 +76,7 @@ def _install_sklearn() -> None:
                 _wrap(cls, method, _refuse_rows)
     _install_pipeline()
     _install_metrics()
+    _install_split()
     if not getattr(validation.check_array, "_dpmagic", False):
         # validate_data and check_X_y look check_array up in this module at call time, so every
         # estimator's input check passes through here.
@@ -170,6 +171,26 @@ def _install_pipeline() -> None:
                    "fit_transform", "fit_predict"):
         if hasattr(Pipeline, method):
             _wrap(Pipeline, method, _refuse_rows)
+
+
+def _install_split() -> None:
+    """``sklearn.model_selection.train_test_split`` of private frames gives private halves."""
+    import sklearn.model_selection as model_selection
+
+    original = model_selection.train_test_split
+    if getattr(original, "_dpmagic", False):
+        return
+
+    @functools.wraps(original)
+    def train_test_split(*arrays, **options):
+        if any(_is_private(value) for value in (*arrays, *options.values())):
+            from .split import train_test_split as private_split
+
+            return private_split(*arrays, **options)
+        return original(*arrays, **options)
+
+    train_test_split._dpmagic = True
+    model_selection.train_test_split = train_test_split
 
 
 def _install_metrics() -> None:

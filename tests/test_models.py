@@ -404,3 +404,18 @@ def test_a_pipeline_of_a_dp_scaler_and_a_dp_model(protected, dataset_name, data)
     assert pipe.score(PUBLIC_X[clear], PUBLIC.label[clear]) >= 0.85  # ordinary pipeline on public data
     exact = (pipe.predict(data[["a", "b"]].to_numpy()) == data.label).mean()
     assert abs(accuracy - exact) <= 0.01
+
+
+def test_sklearn_train_test_split_of_private_frames(protected, dataset_name):
+    from sklearn.model_selection import train_test_split
+
+    pf = protected(epsilon=1e4)
+    X_train, X_test, y_train, y_test = train_test_split(pf[["a", "b"]], pf.label, test_size=0.3)
+    assert all(isinstance(part, (dp.PrivateFrame, dp.PrivateSeries)) for part in (X_train, X_test, y_train, y_test))
+    with dp.spending(epsilon=20.0):
+        model = LogisticRegression().fit(X_train, y_train)
+        held_out = model.score(X_test, y_test)
+        rows = X_train.count_rows(), X_test.count_rows()
+    assert held_out >= 0.9 and abs(rows[1] / (rows[0] + rows[1]) - 0.3) < 0.05
+    plain = train_test_split(np.arange(10), test_size=0.3, random_state=0)  # public data: scikit-learn's own
+    assert len(plain[0]) == 7 and len(plain[1]) == 3
