@@ -372,6 +372,10 @@ class Session:
         if spent_delta or spent > epsilon / dataset.max_rows * (1 + 1e-9):
             raise PrivacyError(f"training {describe_text} reported spending more than it was given; nothing was "
                                "charged and the model was discarded.")
+        # Charged what the model's own accountant reports (times k: group privacy over a person's rows).
+        if spent > 0:
+            epsilon = min(epsilon, spent * dataset.max_rows)
+        units = _whole_units(epsilon) if record.mode == "pure" else _whole_units(epsilon * epsilon / 2)
         cost = Cost(epsilon=epsilon) if record.mode == "pure" else Cost(epsilon=epsilon, rho=units / UNITS_PER_ONE)
         charge = self.accountant.charge(record, cost, query=describe_text, mechanism=mechanism, tier=tier,
                                         purpose=purpose, units=units, tier_shares=_tier_shares(dataset, tiers),
