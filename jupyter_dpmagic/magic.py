@@ -13,6 +13,7 @@ import shlex
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Unicode, observe
 
+from . import hooks
 from .api import budget, history, policy, protect
 from .context import spending
 from .explain import explain
@@ -216,4 +217,7 @@ def _parse_pair(item: str, option: str, *, bounds: bool):
 
 def load_ipython_extension(ipython) -> None:
     """``%load_ext jupyter_dpmagic``: register ``%dp`` / ``%%dp``."""
+    # Before the notebook's own imports, so `from sklearn.metrics import accuracy_score` in a later
+    # cell already gets the version that also accepts private columns.
+    hooks.install()
     ipython.register_magics(DPMagics(shell=ipython))
