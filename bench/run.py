@@ -58,12 +58,14 @@ ACCURACY_GOAL_A = 0.07  # mean absolute error, uniform data
 FULL = dict(sizes=[10**6, 10**7], reps={10**6: 7, 10**7: 5}, fixed_reps=200, profile_reps=200,
             accuracy_runs=2000, accuracy_n=1000, memory_n=10**7,
             unit_n=10**7, unit_patients=10**6, unit_reps=5, unit_selection=True,
-            coverage_n=2 * 10**6, coverage_groups=1000, coverage_reps=20, leak_runs=3000)
+            coverage_n=2 * 10**6, coverage_groups=1000, coverage_reps=20, leak_runs=3000,
+            model_fits=20, model_time_n=10**5, model_time_reps=7)
 QUICK = dict(sizes=[10**6], reps={10**6: 3}, fixed_reps=50, profile_reps=200,
              accuracy_runs=300, accuracy_n=1000, memory_n=10**6,
              unit_n=10**6, unit_patients=10**5, unit_reps=3, unit_selection=True,
-             coverage_n=2 * 10**5, coverage_groups=200, coverage_reps=20, leak_runs=300)
-SECTIONS = ["speed", "fixed", "unit_mean", "accuracy", "coverage", "leak", "memory"]
+             coverage_n=2 * 10**5, coverage_groups=200, coverage_reps=20, leak_runs=300,
+             model_fits=5, model_time_n=10**5, model_time_reps=3)
+SECTIONS = ["speed", "fixed", "unit_mean", "models", "accuracy", "coverage", "leak", "memory"]
 
 # Grouped mean with a privacy unit (section unit_mean).
 UNIT_WARDS = ["cardiology", "emergency", "icu", "maternity", "oncology", "surgery"]
@@ -1112,6 +1114,211 @@ def bench_leak(cfg, dp, results) -> None:
           f"{filesystem_of(os.environ.get('DPMAGIC_LEDGER', ''))})")
 
 
+# --------------------------------------------------------------------------------------------- models
+MODEL_EPSILONS = [0.5, 1.0, 2.0, 5.0]
+MODEL_TEST_SHARE = 0.3
+MODEL_SPLIT_SEED = 2024  # the train/test split only; the DP noise is never seeded
+MODEL_TOLERANCE = 0.02  # least tolerance for ours below diffprivlib's median test accuracy (see _model_tolerance)
+MODEL_TIME_FEATURES = 10
+
+
+def breast_cancer_public_bounds(dataset) -> tuple[list[str], list[tuple[float, float]]]:
+    """Per-feature (min, max) from the "Summary Statistics" table of ``load_breast_cancer().DESCR``.
+
+    That table is part of the published description of the dataset; its rows come in the order of
+    ``feature_names`` ("radius (mean)" is "mean radius", "radius (standard error)" is "radius error",
+    "radius (worst)" is "worst radius"), which is checked here.
+    """
+    import re
+
+    text = dataset.DESCR.split(":Summary Statistics:", 1)[1]
+    rows = re.findall(r"^([a-z ]+) \((mean|standard error|worst)\):\s+([-0-9.]+)\s+([-0-9.]+)\s*$", text, re.M)
+    prefix = {"mean": "mean {}", "standard error": "{} error", "worst": "worst {}"}
+    names = [prefix[kind].format(base.strip()) for base, kind, _, _ in rows]
+    if names != list(dataset.feature_names):
+        raise RuntimeError(f"DESCR summary table does not match feature_names: {names}")
+    return names, [(float(low), float(high)) for _, _, low, high in rows]
+
+
+def breast_cancer_split():
+    """Train and test frames, every feature min-max scaled by its public bounds to [0, 1] (and clipped)."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+
+    data = load_breast_cancer()
+    names, bounds = breast_cancer_public_bounds(data)
+    lows = np.array([b[0] for b in bounds])
+    highs = np.array([b[1] for b in bounds])
+    scaled = np.clip((data.data - lows) / (highs - lows), 0.0, 1.0)
+    outside = int(np.sum((data.data < lows) | (data.data > highs)))
+    columns = [n.replace(" ", "_") for n in names]
+    X_train, X_test, y_train, y_test = train_test_split(scaled, data.target, test_size=MODEL_TEST_SHARE,
+                                                        random_state=MODEL_SPLIT_SEED, stratify=data.target)
+    train = pd.DataFrame(X_train, columns=columns).assign(target=y_train.astype(np.int64))
+    return train, X_test, y_test.astype(np.int64), columns, outside
+
+
+def _dpl_fit_direct(kind: str, epsilon: float, X, y, n_features: int):
+    """diffprivlib called directly: bounds [0, 1] per feature, data_norm sqrt(n_features), classes [0, 1]."""
+    import diffprivlib
+    import diffprivlib.models
+    import numpy as np
+
+    accountant = diffprivlib.BudgetAccountant()
+    if kind == "LogisticRegression":
+        # diffprivlib's LogisticRegression takes its classes from y (both classes are in every training set).
+        model = diffprivlib.models.LogisticRegression(epsilon=epsilon, data_norm=math.sqrt(n_features),
+                                                      accountant=accountant)
+        return model.fit(X, y)
+    model = diffprivlib.models.GaussianNB(epsilon=epsilon, bounds=(np.zeros(n_features), np.ones(n_features)),
+                                          accountant=accountant)
+    return model.partial_fit(X, y, classes=np.array([0, 1]))
+
+
+def _spread(values) -> dict:
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    return {"median": float(np.median(values)), "q25": float(np.quantile(values, 0.25)),
+            "q75": float(np.quantile(values, 0.75)), "min": float(values.min()), "max": float(values.max()),
+            "values": [float(v) for v in values]}
+
+
+def bench_models(cfg, dp, results) -> None:
+    """Test accuracy of DP LogisticRegression and GaussianNB on breast cancer data, and fit time on 1e5 rows."""
+    import warnings
+
+    import numpy as np
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.naive_bayes import GaussianNB
+
+    fits = cfg["model_fits"]
+    out = results.setdefault("models", {"fits": fits, "epsilons": MODEL_EPSILONS, "accuracy": {}, "timing": {}})
+    out["loadavg"] = os.getloadavg()
+    train, X_test, y_test, features, outside = breast_cancer_split()
+    X_train, y_train = train[features].to_numpy(), train["target"].to_numpy()
+    n_feat = len(features)
+    print(f"\n== Models: breast cancer (scikit-learn), {len(train)} train / {len(y_test)} test rows "
+          f"({MODEL_TEST_SHARE:.0%} test, split seed {MODEL_SPLIT_SEED}), {n_feat} features scaled to [0, 1] by "
+          f"the public bounds of DESCR; median test accuracy of {fits} fits per cell "
+          f"(load average {out['loadavg'][0]:.2f}) ==", flush=True)
+    print(f"  {outside} of {X_train.size + X_test.size} feature values lie outside the (rounded) published range "
+          f"and are clipped; LogisticRegression data_norm = sqrt({n_feat}) = {math.sqrt(n_feat):.3f}")
+    out.update({"train_rows": len(train), "test_rows": int(len(y_test)), "features": n_feat,
+                "values_clipped": outside, "data_norm": math.sqrt(n_feat)})
+    pf = dp.protect(train, name=_unique("breast_cancer"), epsilon=BIG_BUDGET,
+                    bounds={c: (0.0, 1.0) for c in features}, categories={"target": [0, 1]})
+    rows, charge_mismatch = [], []
+    start = time.perf_counter()
+    for kind, cls in (("LogisticRegression", LogisticRegression), ("GaussianNB", GaussianNB)):
+        exact = cls().fit(X_train, y_train)
+        sk_acc = float(np.mean(exact.predict(X_test) == y_test))
+        entry = out["accuracy"][kind] = {"sklearn": sk_acc, "epsilons": {}}
+        for eps in MODEL_EPSILONS:
+            ours, direct, errors = [], [], {}
+            for _ in range(fits):  # ours and diffprivlib alternate, fit by fit
+                try:
+                    with dp.spending(epsilon=eps):
+                        model = cls().fit(pf[features], pf["target"])
+                    charged = dp.info(model).epsilon
+                    if charged is None or abs(float(charged) - eps) > 1e-9:
+                        charge_mismatch.append((kind, eps, charged))
+                    ours.append(float(np.mean(model.predict(X_test) == y_test)))
+                except Exception as exc:  # noqa: BLE001
+                    errors["ours"] = _error_text(exc)
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        model = _dpl_fit_direct(kind, eps, X_train, y_train, n_feat)
+                    direct.append(float(np.mean(model.predict(X_test) == y_test)))
+                except Exception as exc:  # noqa: BLE001
+                    errors["diffprivlib"] = _error_text(exc)
+            cell = entry["epsilons"][str(eps)] = {"errors": errors}
+            if ours:
+                cell["ours"] = _spread(ours)
+            if direct:
+                cell["diffprivlib"] = _spread(direct)
+            rows.append([kind, f"{eps:g}", f"{sk_acc:.3f}", _acc_text(cell.get("ours"), errors.get("ours")),
+                         _acc_text(cell.get("diffprivlib"), errors.get("diffprivlib")),
+                         f"{cell['ours']['median'] - cell['diffprivlib']['median']:+.3f}"
+                         if ours and direct else ""])
+    out["accuracy_s"] = time.perf_counter() - start
+    out["charge_mismatch"] = [list(map(str, m)) for m in charge_mismatch]
+    print_table(["model", "epsilon", "scikit-learn", "ours median [IQR]", "diffprivlib median [IQR]",
+                 "ours - diffprivlib"], rows)
+    print(f"  ours: dp.protect(train, bounds (0, 1) per feature, categories target [0, 1]) and "
+          f"Model().fit(pf[features], pf['target']) inside dp.spending(epsilon=e); diffprivlib: the same model "
+          f"with a fresh BudgetAccountant per fit; accuracy on the public test rows ({out['accuracy_s']:.1f} s)")
+    if charge_mismatch:
+        print(f"  ledger charge differs from the block's epsilon in {len(charge_mismatch)} fit(s): "
+              f"{charge_mismatch[:4]}")
+
+    # Fit time on synthetic bounded data.
+    n, reps = cfg["model_time_n"], cfg["model_time_reps"]
+    rng = np.random.default_rng(777)
+    X = rng.random((n, MODEL_TIME_FEATURES))
+    weights = rng.normal(0.0, 2.0, MODEL_TIME_FEATURES)
+    logits = (X - 0.5) @ weights
+    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-logits))).astype(np.int64)
+    columns = [f"x{i}" for i in range(MODEL_TIME_FEATURES)]
+    frame = pd.DataFrame(X, columns=columns).assign(label=y)
+    start = time.perf_counter()
+    pf_big = dp.protect(frame, name=_unique("model_timing"), epsilon=BIG_BUDGET,
+                        bounds={c: (0.0, 1.0) for c in columns}, categories={"label": [0, 1]})
+    protect_s = time.perf_counter() - start
+    eps = EPSILON
+
+    def ours():
+        with dp.spending(epsilon=eps):
+            return LogisticRegression().fit(pf_big[columns], pf_big["label"])
+
+    def direct():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _dpl_fit_direct("LogisticRegression", eps, X, y, MODEL_TIME_FEATURES)
+
+    calls = {"sklearn": lambda: LogisticRegression().fit(X, y), "ours": ours, "diffprivlib": direct}
+    stats, _ = measure_round_robin(calls, reps)
+    timing = out["timing"] = {"n": n, "features": MODEL_TIME_FEATURES, "reps": reps, "epsilon": eps,
+                              "protect_s": protect_s, "variants": stats}
+    base, dpl = stats["sklearn"].get("median_s"), stats["diffprivlib"].get("median_s")
+    print(f"\n  fit time, LogisticRegression on {n:,} x {MODEL_TIME_FEATURES} synthetic rows (uniform [0, 1] "
+          f"features, binary label), epsilon {eps:g}, median of {reps} after one warm-up, interleaved; "
+          f"protect() took {fmt_time(protect_s)}")
+    trows = []
+    for name, title in (("sklearn", "scikit-learn (not private)"), ("ours", "ours: dp.spending + fit, ledger "
+                                                                           "charge included"),
+                        ("diffprivlib", "diffprivlib directly")):
+        s = stats[name]
+        if "error" in s:
+            trows.append([title, s["error"], "", ""])
+            continue
+        s["ratio_sklearn"] = s["median_s"] / base if base else None
+        s["ratio_diffprivlib"] = s["median_s"] / dpl if dpl else None
+        trows.append([title, fmt_time(s["median_s"]), fmt_ratio(s["ratio_sklearn"]),
+                      fmt_ratio(s["ratio_diffprivlib"])])
+    print_table(["variant", "median", "vs scikit-learn", "vs diffprivlib"], trows)
+
+
+def _model_tolerance(ours: dict, direct: dict, fits: int) -> float:
+    """How far our median may fall below diffprivlib's: MODEL_TOLERANCE, or more when the fits spread widely.
+
+    The standard error of a median is about 1.2533 sd / sqrt(n), with sd estimated as IQR / 1.349; the
+    tolerance is 1.96 standard errors of the difference of the two medians, and at least MODEL_TOLERANCE.
+    """
+    se = [0.929 * (s["q75"] - s["q25"]) / math.sqrt(fits) for s in (ours, direct)]
+    return max(MODEL_TOLERANCE, 1.96 * math.hypot(*se))
+
+
+def _acc_text(spread, error) -> str:
+    if spread is None:
+        return f"error: {error}" if error else "-"
+    return f"{spread['median']:.3f} [{spread['q25']:.3f}-{spread['q75']:.3f}]"
+
+
 # ------------------------------------------------------------------------------------------- memory
 def _status_kb(field: str) -> int | None:
     try:
@@ -1260,6 +1467,31 @@ def evaluate_goals(cfg, results, quick: bool) -> list[dict]:
                           f"{ratio:.2f}x ({fmt_time(case['spending']['median_s'])} vs "
                           f"{fmt_time(case['pandas']['median_s'])})",
                           "value": ratio, "status": "REPORTED (no threshold)"})
+    models = results.get("models")
+    if models:
+        for kind, entry in models.get("accuracy", {}).items():
+            for eps, cell in entry["epsilons"].items():
+                ours, direct = cell.get("ours"), cell.get("diffprivlib")
+                goal = (f"models: {kind} test accuracy, ours not below diffprivlib (medians of {models['fits']}), "
+                        f"epsilon {float(eps):g}")
+                if ours is None or direct is None:
+                    goals.append({"goal": goal, "measured": "error", "status": "FAIL" if ours is None else "n/a"})
+                    continue
+                tolerance = _model_tolerance(ours, direct, models["fits"])
+                goals.append({"goal": goal,
+                              "measured": f"{ours['median']:.3f} vs {direct['median']:.3f}, tolerance "
+                                          f"{tolerance:.3f} (scikit-learn {entry['sklearn']:.3f})",
+                              "value": ours["median"] - direct["median"], "tolerance": tolerance,
+                              "status": "PASS" if ours["median"] >= direct["median"] - tolerance else "FAIL"})
+        timing = models.get("timing", {}).get("variants", {})
+        if timing:
+            mine = timing.get("ours", {})
+            goals.append({"goal": f"models: LogisticRegression fit time, ours vs scikit-learn and vs diffprivlib, "
+                                  f"{models['timing']['n']:.0e} x {models['timing']['features']}",
+                          "measured": "error" if "median_s" not in mine else
+                          f"{fmt_time(mine['median_s'])}: {mine.get('ratio_sklearn') or math.nan:.2f}x scikit-learn, "
+                          f"{mine.get('ratio_diffprivlib') or math.nan:.2f}x diffprivlib",
+                          "value": mine.get("ratio_diffprivlib"), "status": "REPORTED (no threshold)"})
     coverage = results.get("coverage")
     if coverage:
         low, high = COVERAGE_GOAL
@@ -1373,6 +1605,8 @@ def main(argv=None) -> int:
             bench_fixed(cfg, dp, notebook, results)
         if "unit_mean" in sections:  # a timing: the ledger stays on the real disk
             bench_unit_mean(cfg, dp, results)
+        if "models" in sections:  # includes a fit-time comparison: the ledger stays on the real disk
+            bench_models(cfg, dp, results)
         if sections & {"accuracy", "coverage", "leak"}:
             # Many releases whose time is not the point: the ledger moves to tmpfs from here on.
             shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
