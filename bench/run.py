@@ -1283,7 +1283,7 @@ def bench_models(cfg, dp, results) -> None:
     calls = {"sklearn": lambda: LogisticRegression().fit(X, y), "ours": ours, "diffprivlib": direct}
     stats, _ = measure_round_robin(calls, reps)
     out["timing"] = {"n": n, "features": MODEL_TIME_FEATURES, "reps": reps, "epsilon": eps,
-                              "protect_s": protect_s, "variants": stats}
+                     "protect_s": protect_s, "variants": stats}
     base, dpl = stats["sklearn"].get("median_s"), stats["diffprivlib"].get("median_s")
     print(f"\n  fit time, LogisticRegression on {n:,} x {MODEL_TIME_FEATURES} synthetic rows (uniform [0, 1] "
           f"features, binary label), epsilon {eps:g}, median of {reps} after one warm-up, interleaved; "
