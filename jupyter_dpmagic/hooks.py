@@ -70,10 +70,10 @@ def _install_sklearn() -> None:
 
     for name, module in _SKLEARN_CLASSES.items():
         cls = getattr(importlib.import_module(module), name)
-        _wrap(cls, "fit", _private_fit)
+        _wrap(cls, "fit", _routed("fit_private"))
         for method in _ROW_METHODS:
             if hasattr(cls, method):
-                _wrap(cls, method, _refuse_rows)
+                _wrap(cls, method, _routed("score_private") if method == "score" else _refuse_rows)
     _install_pipeline()
     _install_metrics()
     _install_split()
@@ -110,28 +110,28 @@ def _is_private(value) -> bool:
     return isinstance(value, _Private)
 
 
-def _private_fit(original, method):
-    @functools.wraps(original)
-    def fit(self, X, y=None, *args, **kwargs):
-        if _is_private(X) or _is_private(y):
-            from .models import fit_private
+def _routed(private_name: str):
+    """A wrapper maker: calls with private X or y go to ``models.<private_name>``, others unchanged."""
+    def make(original, method):
+        @functools.wraps(original)
+        def wrapper(self, X, y=None, *args, **kwargs):
+            if _is_private(X) or _is_private(y):
+                from . import models
 
-            if args:
-                raise TypeError(f"{type(self).__name__}.fit on private data takes X, y and keywords only.")
-            return fit_private(self, X, y, **kwargs)
-        return original(self, X, y, *args, **kwargs)
+                if args:
+                    raise TypeError(f"{type(self).__name__}.{method} on private data takes X, y and keywords only.")
+                return getattr(models, private_name)(self, X, y, **kwargs)
+            return original(self, X, y, *args, **kwargs)
 
-    return fit
+        return wrapper
+
+    return make
 
 
 def _refuse_rows(original, method):
     @functools.wraps(original)
     def refused(self, *args, **kwargs):
         if any(_is_private(a) for a in (*args, *kwargs.values())):
-            if method == "score":
-                from .models import score_private
-
-                return score_private(self, *args, **kwargs)
             from .errors import PrivacyError
 
             raise PrivacyError(_row_message(type(self).__name__, method))
@@ -143,30 +143,8 @@ def _refuse_rows(original, method):
 def _install_pipeline() -> None:
     from sklearn.pipeline import Pipeline
 
-    def fit(original, method):
-        @functools.wraps(original)
-        def wrapper(self, X, y=None, **kwargs):
-            if _is_private(X) or _is_private(y):
-                from .models import fit_pipeline
-
-                return fit_pipeline(self, X, y, **kwargs)
-            return original(self, X, y, **kwargs)
-
-        return wrapper
-
-    def score(original, method):
-        @functools.wraps(original)
-        def wrapper(self, X, y=None, **kwargs):
-            if _is_private(X) or _is_private(y):
-                from .models import score_pipeline
-
-                return score_pipeline(self, X, y, **kwargs)
-            return original(self, X, y, **kwargs)
-
-        return wrapper
-
-    _wrap(Pipeline, "fit", fit)
-    _wrap(Pipeline, "score", score)
+    _wrap(Pipeline, "fit", _routed("fit_pipeline"))
+    _wrap(Pipeline, "score", _routed("score_pipeline"))
     for method in ("predict", "predict_proba", "predict_log_proba", "decision_function", "transform",
                    "fit_transform", "fit_predict"):
         if hasattr(Pipeline, method):
