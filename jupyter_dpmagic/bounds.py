@@ -25,7 +25,7 @@ from .errors import PolicyError
 from .plan import BinCounts, Col
 
 __all__ = ["ESTIMATE_SHARE", "FALSE_BIN", "NEAR_BIN", "GRID", "EstimatedBounds", "estimation_primitive", "bounds_from",
-           "missing_bounds_error"]
+           "missing_bounds_error", "estimation_refusal"]
 
 ESTIMATE_SHARE = 0.25
 FALSE_BIN = 1e-3
@@ -91,3 +91,14 @@ def missing_bounds_error(label: str, tier: str | None = None) -> PolicyError:
         f"dp.protect(..., bounds={{'{label}': (low, high)}}) or in the policy file "
         f"([columns.{label}] bounds = [low, high]), or pass bounds=(low, high) to this call, or clip() the "
         "values first.")
+
+
+def estimation_refusal(dataset, column: str, label: str | None = None) -> PolicyError | None:
+    """Why the bounds of ``column`` may not be estimated (its tier refuses, or it is not numeric), as
+    the error to raise, or None when they may. ``label`` names the column in the message."""
+    tier = dataset.column(column).tier
+    if dataset.policy.tier(tier).missing_bounds != "estimate":
+        return missing_bounds_error(label or column, tier)
+    if dataset.schema.get(column) not in ("numeric", "bool"):
+        return missing_bounds_error(label or column)
+    return None

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import plan as P
 from ._analysis import BOOL, NUMERIC, bounds_of, contradiction, kind_of
-from .bounds import missing_bounds_error
+from .bounds import estimation_refusal, missing_bounds_error
 from .errors import PolicyError, PrivacyError, close_match_hint
 from .release import DPSeries
 from .session import Dataset, get_session
@@ -169,11 +169,15 @@ class _Private:
         else:
             derived = bounds_of(expr, lambda c: self._ds.column(c).bounds, self._ds.schema)
             if derived is None:
-                refusing = self._refusing_tier(expr)
-                if refusing is None:
-                    # The session estimates the missing bounds (a DP release of its own) first.
-                    return cls(expr, None, None, **extra)
-                raise missing_bounds_error(label, refusing or None)
+                unbounded = sorted(c for c in P.columns_of(expr) if self._ds.column(c).bounds is None)
+                if not unbounded:
+                    raise missing_bounds_error(label)
+                for column in unbounded:
+                    refusal = estimation_refusal(self._ds, column, label)
+                    if refusal is not None:
+                        raise refusal
+                # The session estimates the missing bounds (a DP release of its own) first.
+                return cls(expr, None, None, **extra)
             low, high = derived
             if low > high:
                 raise PolicyError(f"the bounds derived for '{label}' are reversed ({low:g} > {high:g}); "
@@ -181,20 +185,6 @@ class _Private:
             if low == high:
                 raise PolicyError(f"'{label}' can only take the value {low:g}; there is nothing to estimate.")
         return cls(expr, low, high, **extra)
-
-    def _refusing_tier(self, expr) -> str | None:
-        """None when every source column of ``expr`` without bounds may have them estimated; else the
-        tier of one that may not ("" when the reason is not a tier: no such column, or not numeric)."""
-        unbounded = sorted(c for c in P.columns_of(expr) if self._ds.column(c).bounds is None)
-        if not unbounded:
-            return ""
-        for column in unbounded:
-            tier = self._ds.column(column).tier
-            if self._ds.policy.tier(tier).missing_bounds != "estimate":
-                return tier
-            if self._ds.schema.get(column) not in (NUMERIC, BOOL):
-                return ""
-        return None
 
     def _group_key(self, label: str, expr) -> P.GroupKey:
         """Declared categories when there are some; otherwise the groups are chosen by DP partition

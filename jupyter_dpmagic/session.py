@@ -23,7 +23,7 @@ import pandas as pd
 from ._analysis import bounds_of, dtype_kind
 from ._draft import calibrate as _calibrate, draft as _draft
 from .accountant import Accountant, Cost, check_delta, check_epsilon, epsilon_delta_to_rho
-from .bounds import ESTIMATE_SHARE, EstimatedBounds, bounds_from, estimation_primitive, missing_bounds_error
+from .bounds import ESTIMATE_SHARE, EstimatedBounds, bounds_from, estimation_primitive, estimation_refusal
 from .context import current_scope
 from .engine.local import Exact, LocalEngine
 from .errors import BudgetExceededError, PolicyError, PrivacyError, close_match_hint
@@ -593,7 +593,9 @@ def _known_bounds(dataset: Dataset, query: Query) -> tuple[Query, tuple]:
         missing = [c for c in sorted(columns_of(measure.expr))
                    if dataset.column(c).bounds is None and c not in dataset.estimates]
         for column in missing:
-            _check_estimable(dataset, column)
+            refusal = estimation_refusal(dataset, column)
+            if refusal is not None:
+                raise refusal
         if missing:
             pending += missing
             if _derived_bounds(dataset, measure.expr, placeholder=set(missing)) is None:
@@ -620,14 +622,6 @@ def _derived_bounds(dataset: Dataset, expr, *, placeholder=frozenset()):
         return None if found is None else (found.low, found.high)
 
     return bounds_of(expr, column_bounds, dataset.schema)
-
-
-def _check_estimable(dataset: Dataset, column: str) -> None:
-    tier = dataset.column(column).tier
-    if dataset.policy.tier(tier).missing_bounds != "estimate":
-        raise missing_bounds_error(column, tier)
-    if dataset.schema.get(column) not in ("numeric", "bool"):
-        raise missing_bounds_error(column)
 
 
 def _placeholder_bounds(query: Query, pending) -> Query:
