@@ -761,9 +761,6 @@ class PrivateSeries(_Private):
 
     def describe(self, *, percentiles=(0.25, 0.5, 0.75), epsilon=None, delta=None):
         """DP count, mean, std and quartiles, as one charged release (see ``PrivateFrame.describe``)."""
-        if self._kind(self._expr) not in (NUMERIC, BOOL):
-            raise PolicyError(f"describe() of '{self._label()}' needs numeric values; count text values with "
-                              "value_counts() instead.")
         table = _describe([self], percentiles, epsilon, delta, ())
         return _column_of(table)
 
@@ -945,7 +942,8 @@ def _describe(columns: list, percentiles, epsilon, delta, notes):
     measures = []
     for s in columns:
         if s._kind(s._expr) not in (NUMERIC, BOOL):
-            raise PolicyError(f"describe() covers numeric columns; '{s._label()}' holds {s._kind(s._expr)} values.")
+            raise PolicyError(f"describe() of '{s._label()}' needs numeric values; count text values with "
+                              "value_counts() instead.")
         measures += [P.Count(s._expr), s._measure(P.Mean, None), s._measure(P.Variance, None, root=True)]
         measures += [s._measure(P.Quantile, None, q=q) for q in qs]
     split = (f"ε split evenly over {len(measures)} statistics; each column's count, mean and std share one "
