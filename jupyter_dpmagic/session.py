@@ -357,8 +357,7 @@ class Session:
             raise PolicyError("an accuracy target does not apply to model training; give the cell or the call an "
                               "epsilon (%%dp --epsilon 1, or fit inside dp.spending(epsilon=1)).")
         record = dataset.record
-        # Model mechanisms are pure epsilon-DP; under zCDP that costs rho = epsilon^2 / 2.
-        units = _whole_units(epsilon) if record.mode == "pure" else _whole_units(epsilon * epsilon / 2)
+        units = _model_units(record, epsilon)
         self._check_scope_caps(scope, dataset, units)
         self._check_affordable(record, units, f"training {describe_text} needs ε={epsilon:.4g}")
         try:
@@ -375,7 +374,7 @@ class Session:
         # Charged what the model's own accountant reports (times k: group privacy over a person's rows).
         if spent > 0:
             epsilon = min(epsilon, spent * dataset.max_rows)
-        units = _whole_units(epsilon) if record.mode == "pure" else _whole_units(epsilon * epsilon / 2)
+        units = _model_units(record, epsilon)
         cost = Cost(epsilon=epsilon) if record.mode == "pure" else Cost(epsilon=epsilon, rho=units / UNITS_PER_ONE)
         charge = self.accountant.charge(record, cost, query=describe_text, mechanism=mechanism, tier=tier,
                                         purpose=purpose, units=units, tier_shares=_tier_shares(dataset, tiers),
@@ -511,6 +510,11 @@ def _release_units(record: BudgetRecord, epsilon: float, delta: float) -> int:
         # With its own delta, a release gets the largest rho that keeps it (epsilon, delta)-DP.
         return _whole_units(epsilon_delta_to_rho(epsilon, delta))
     return _share_units(record, epsilon)
+
+
+def _model_units(record: BudgetRecord, epsilon: float) -> int:
+    """Units of a pure epsilon-DP model fit: epsilon, or under zCDP rho = epsilon^2 / 2."""
+    return _whole_units(epsilon) if record.mode == "pure" else _whole_units(epsilon * epsilon / 2)
 
 
 def _whole_units(loss: float) -> int:

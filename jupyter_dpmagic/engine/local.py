@@ -345,11 +345,12 @@ def _rank_in_runs(sorted_keys: np.ndarray) -> np.ndarray:
 
 def _ranked_within(people: np.ndarray, groups: np.ndarray, rng) -> np.ndarray:
     """For each row, the random rank of its group among the groups of its person (0 = kept first)."""
-    pairs = people.astype(np.int64) * (int(groups.max(initial=0)) + 1) + groups.astype(np.int64)
+    stride = int(groups.max(initial=0)) + 1
+    pairs = people.astype(np.int64) * stride + groups.astype(np.int64)
     pair_ids, unique_pairs = pd.factorize(pairs)
     # One random priority per (person, group): every group of a person is equally likely to be kept.
     priority = rng.random(len(unique_pairs))
-    pair_people = unique_pairs // (int(groups.max(initial=0)) + 1)
+    pair_people = unique_pairs // stride
     order = np.lexsort((priority, pair_people))
     pair_rank = np.empty(len(unique_pairs), dtype=np.int64)
     pair_rank[order] = _rank_in_runs(pair_people[order])
