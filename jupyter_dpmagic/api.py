@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 
 import pandas as pd
 
-from . import hooks
+from . import hooks, live
 from .accountant import BudgetStatus
 from .frame import PrivateFrame
 from .session import current_user, get_session
-from .tables import HistoryTable, PolicyTable
+from .tables import BudgetsTable, HistoryTable, PolicyTable
 
-__all__ = ["protect", "budget", "history", "policy"]
+__all__ = ["protect", "budget", "budgets", "budget_widget", "history", "policy"]
 
 
 def protect(df: pd.DataFrame, *, name: str, epsilon: float, delta: float = 0.0, policy=None,
@@ -59,6 +60,7 @@ def protect(df: pd.DataFrame, *, name: str, epsilon: float, delta: float = 0.0, 
     >>> visits = dp.protect(df, name="visits", epsilon=1.0, bounds={"age": (0, 110)})  # doctest: +SKIP
     """
     hooks.install()
+    live.install()
     dataset = get_session().protect(df, name=name, epsilon=epsilon, delta=delta, policy=policy,
                                     privacy_unit=privacy_unit, max_rows_per_unit=max_rows_per_unit,
                                     max_groups_per_unit=max_groups_per_unit, bounds=bounds,
@@ -84,6 +86,39 @@ def budget(name: str) -> BudgetStatus:
     purpose_reserves = {**dict.fromkeys(policy.purposes, 0.0), **policy.purpose_reserves()}
     return session.accountant.status(name=name, user=user, tier_shares=tier_shares,
                                      purpose_reserves=purpose_reserves)
+
+
+def budget_widget(name: str | None = None):
+    """A live meter of budgets: one bar per dataset, updated after every cell that spends.
+
+    Parameters
+    ----------
+    name : str, optional
+        The dataset to show; by default every dataset protected in this kernel (or every budget of
+        the current user in the ledger when none is protected yet).
+
+    Returns
+    -------
+    ipywidgets.VBox or BudgetStatus or BudgetsTable
+        The meter in a kernel with ipywidgets (its text form is the budget table); where widgets
+        cannot be shown (terminal IPython, no ipywidgets installed) the text table itself.
+    """
+    if _widgets_available():
+        from .meter import BudgetMeter
+
+        return BudgetMeter(name)
+    return budget(name) if name is not None else budgets()
+
+
+def budgets() -> BudgetsTable:
+    """Every budget of the current user in the ledger, one row each."""
+    accountant = get_session().accountant
+    records = accountant.ledger.budgets(user=current_user())
+    return BudgetsTable(accountant.status(name=r.name, user=r.user) for r in records)
+
+
+def _widgets_available() -> bool:
+    return live.install().in_kernel and importlib.util.find_spec("ipywidgets") is not None
 
 
 def history(name: str) -> HistoryTable:

@@ -600,13 +600,14 @@ class SQLiteLedger:
             ).fetchall()
         return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
 
-    def history(self, *, name: str, user: str) -> list[ChargeRecord]:
-        """Return the charges made against a budget, oldest first."""
+    def history(self, *, name: str, user: str, last: int | None = None) -> list[ChargeRecord]:
+        """Return the charges made against a budget, oldest first (only the ``last`` ones if given)."""
         with self._snapshot() as conn:
             rows = conn.execute(
-                "SELECT id, time, name, user, query, mechanism, epsilon, delta, rho, units, tier, purpose,"
-                " delta_units FROM charges WHERE name = ? AND user = ? ORDER BY id",
-                (name, user),
+                "SELECT * FROM (SELECT id, time, name, user, query, mechanism, epsilon, delta, rho, units, tier,"
+                " purpose, delta_units FROM charges WHERE name = ? AND user = ? ORDER BY id DESC LIMIT ?)"
+                " ORDER BY id",
+                (name, user, -1 if last is None else int(last)),
             ).fetchall()
         return [
             ChargeRecord(

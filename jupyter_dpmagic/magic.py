@@ -13,13 +13,12 @@ import shlex
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Unicode, observe
 
-from . import hooks
-from .api import budget, history, policy, protect
+from . import hooks, live
+from .api import budget_widget, history, policy, protect
 from .context import spending
 from .explain import explain
 from .errors import PolicyError, close_match_hint
-from .session import current_user, get_session
-from .tables import BudgetsTable
+from .session import get_session
 
 __all__ = ["DPMagics", "load_ipython_extension"]
 
@@ -175,12 +174,7 @@ class DPMagics(Magics):
         return private
 
     def _cmd_budget(self, words):
-        args = _name_parser("budget").parse_args(words)
-        if args.name:
-            return budget(args.name)
-        accountant = get_session().accountant
-        records = accountant.ledger.budgets(user=current_user())
-        return BudgetsTable(accountant.status(name=r.name, user=r.user) for r in records)
+        return budget_widget(_name_parser("budget").parse_args(words).name)
 
     def _cmd_history(self, words):
         return history(self._one_name("history", words))
@@ -221,3 +215,4 @@ def load_ipython_extension(ipython) -> None:
     # cell already gets the version that also accepts private columns.
     hooks.install()
     ipython.register_magics(DPMagics(shell=ipython))
+    live.install(ipython)

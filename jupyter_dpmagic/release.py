@@ -230,6 +230,14 @@ def info(release) -> ReleaseInfo:
     return found
 
 
+def accuracy_text(outcomes: Sequence) -> str:
+    """One line on the 95% accuracy of a release's outcomes (what ``ReleaseInfo.accuracy`` says)."""
+    texts = list(dict.fromkeys(o.accuracy for o in outcomes if o.accuracy))
+    if len(texts) <= 2:
+        return "; ".join(texts)
+    return f"{len(outcomes)} statistics, each with its own 95% accuracy: see dp.info(x).ci"
+
+
 def shape(outcomes: Sequence, info: ReleaseInfo, by: tuple, kind: str, labels: Sequence, keys=None):
     """Turn released outcomes into what the user gets.
 
@@ -237,9 +245,7 @@ def shape(outcomes: Sequence, info: ReleaseInfo, by: tuple, kind: str, labels: S
     value per measure without groups), ``"frame"`` (groups x measures) or ``"bins"`` (one
     histogram, ``labels`` being its bins). ``keys`` lists the groups partition selection released.
     """
-    texts = list(dict.fromkeys(o.accuracy for o in outcomes if o.accuracy))
-    accuracy = "; ".join(texts) if len(texts) <= 2 else \
-        f"{len(outcomes)} statistics, each with its own 95% accuracy: see dp.info(x).ci"
+    accuracy = accuracy_text(outcomes)
     integer = all(o.integer for o in outcomes)
     if kind == "scalar":
         out = outcomes[0]

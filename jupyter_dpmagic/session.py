@@ -13,7 +13,7 @@ import math
 import os
 import threading
 from fractions import Fraction
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -31,11 +31,12 @@ from .ledger import UNITS_PER_ONE, BudgetRecord, SQLiteLedger
 from .explain import Explanation
 from .plan import Col, Count, Histogram, Query, Sum, columns_of, describe
 from .policy import Policy
-from .release import ReleaseInfo, shape as _shape
+from .release import ReleaseInfo, accuracy_text, shape as _shape
 
 __all__ = ["Session", "Dataset", "get_session", "current_user", "ledger_location"]
 
 LEDGER_ENV = "DPMAGIC_LEDGER"
+ACCURACIES_KEPT = 1000
 
 
 def current_user() -> str:
@@ -133,6 +134,34 @@ class Session:
         self._accountant: Accountant | None = None
         self._ledger_path: str | None = None
         self.datasets: dict[str, Dataset] = {}
+        self._watchers: list[Callable[[], None]] = []
+        # The 95% accuracy of the releases made in this process, by charge id: the ledger keeps what
+        # a release cost, not how accurate it was (that depends on the noise drawn after the charge).
+        self.accuracies: dict[int, str] = {}
+
+    # ---------------------------------------------------------------------------------- watchers
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after every charge this session commits (the live budget's trigger)."""
+        with self._lock:
+            if callback not in self._watchers:
+                self._watchers.append(callback)
+
+    def _charge(self, record: BudgetRecord, cost: Cost, **details):
+        charge = self.accountant.charge(record, cost, **details)
+        for callback in list(self._watchers):
+            try:
+                callback()
+            except Exception:
+                # The charge is committed and the release must go out; a display that cannot be
+                # told (a closed frontend, say) catches up at its next update.
+                pass
+        return charge
+
+    def _remember_accuracy(self, charge_id: int, text: str) -> None:
+        with self._lock:
+            self.accuracies[charge_id] = text
+            while len(self.accuracies) > ACCURACIES_KEPT:
+                del self.accuracies[next(iter(self.accuracies))]
 
     # -------------------------------------------------------------------------------- the ledger
     def configure(self, *, ledger: str | None) -> None:
@@ -300,7 +329,7 @@ class Session:
         exact = _run(dataset, draft.query, draft.primitives) if derived is None else derived.run(dataset, draft)
         cost = _cost(record, draft.units, epsilon * draft.units / units, delta)
         what = describe(draft.query) if derived is None else derived.what
-        charge = self.accountant.charge(
+        charge = self._charge(
             record, cost, query=what, mechanism=draft.mechanism, tier=tier, purpose=purpose,
             units=draft.units, tier_shares=_tier_shares(dataset, tiers), selection_delta=selection_delta,
             purpose_reserves=dataset.policy.purpose_reserves())
@@ -309,6 +338,7 @@ class Session:
 
         # The charge is committed: from here on nothing may fail silently or be retried.
         outcomes, keys = draft.finish(exact)
+        self._remember_accuracy(charge.id, accuracy_text(outcomes))
         used = _estimated_columns(dataset, query) if derived is None else set()
         extra = tuple(dataset.estimates[c].note(fresh=c in fresh) for c in sorted(used))
         if accuracy is not None:
@@ -376,7 +406,7 @@ class Session:
             epsilon = min(epsilon, spent * dataset.max_rows)
         units = _model_units(record, epsilon)
         cost = Cost(epsilon=epsilon) if record.mode == "pure" else Cost(epsilon=epsilon, rho=units / UNITS_PER_ONE)
-        charge = self.accountant.charge(record, cost, query=describe_text, mechanism=mechanism, tier=tier,
+        charge = self._charge(record, cost, query=describe_text, mechanism=mechanism, tier=tier,
                                         purpose=purpose, units=units, tier_shares=_tier_shares(dataset, tiers),
                                         purpose_reserves=dataset.policy.purpose_reserves())
         for each in scope.chain():
@@ -431,7 +461,7 @@ class Session:
         exact = _run(dataset, query, primitives)
         touched = {dataset.column(c).tier for c in columns}
         cost = _cost(record, units, epsilon, delta)
-        charge = self.accountant.charge(
+        charge = self._charge(
             record, cost, query=f"bounds of {', '.join(columns)}", mechanism=noises[0].name,
             tier=dataset.policy.strictest(touched), purpose=purpose, units=units,
             tier_shares=_tier_shares(dataset, touched), purpose_reserves=dataset.policy.purpose_reserves())
