@@ -41,11 +41,15 @@ def spent_share(status: BudgetStatus) -> float:
 
 
 def level(status: BudgetStatus) -> str:
-    """``"ok"``, ``"warning"`` (from 80% spent) or ``"exhausted"`` (nothing left to ask for)."""
+    """``"ok"``, ``"warning"`` (from 80% spent) or ``"exhausted"`` (nothing left to ask for).
+
+    The sidebar applies the same rule (labextension/src/status.ts).
+    """
     share = spent_share(status)
     if share >= 1.0 - EXHAUSTED_SLACK:
         return "exhausted"
-    return "warning" if share >= WARNING_SHARE else "ok"
+    # The slack counts eight releases of 0.1 out of 1.0 (0.7999999999999999 in floats) as 80%.
+    return "warning" if share >= WARNING_SHARE - EXHAUSTED_SLACK else "ok"
 
 
 def statuses(session: Session, names: Iterable[str] = ()) -> list[tuple[BudgetStatus, bool]]:
@@ -131,11 +135,11 @@ class LiveBudget:
         self._shell = None
         self._kernel = False
         self._sidebar_seen = False
-        self._spent_in_cell = False
+        self._changed_in_cell = False
         self._cell_started: float | None = None
         self._last_push = 0.0
         self._meters: weakref.WeakSet = weakref.WeakSet()
-        session.watch(self._charged)
+        session.watch(self._changed)
 
     # ------------------------------------------------------------------------------------ wiring
     def install(self, shell) -> None:
@@ -169,21 +173,21 @@ class LiveBudget:
 
     def _cell_ends(self, *_) -> None:
         self._cell_started = None
-        if self._spent_in_cell:
+        if self._changed_in_cell:
             self.push()
 
-    def _charged(self) -> None:
-        self._spent_in_cell = True
+    def _changed(self) -> None:
+        self._changed_in_cell = True
         started = self._cell_started
         now = time.monotonic()
         if started is None or now - max(started, self._last_push) >= LONG_CELL_SECONDS:
-            # Outside a cell (a script, a thread) or in a long one: nobody will push at the end soon.
+            # Outside a cell (a script, a thread) or in a long one: nobody will push at its end soon.
             self.push()
 
     def push(self) -> None:
         """Tell the sidebar and every meter the current budgets now."""
         with self._lock:
-            self._spent_in_cell = False
+            self._changed_in_cell = False
             self._last_push = time.monotonic()
         for meter in list(self._meters):
             meter.refresh()

@@ -141,20 +141,27 @@ class Session:
 
     # ---------------------------------------------------------------------------------- watchers
     def watch(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` after every charge this session commits (the live budget's trigger)."""
+        """Call ``callback()`` after every charge this session commits and every dataset it protects.
+
+        This is the live budget's trigger.
+        """
         with self._lock:
             if callback not in self._watchers:
                 self._watchers.append(callback)
 
-    def _charge(self, record: BudgetRecord, cost: Cost, **details):
-        charge = self.accountant.charge(record, cost, **details)
+    def _changed(self) -> None:
         for callback in list(self._watchers):
             try:
                 callback()
             except Exception:
-                # The charge is committed and the release must go out; a display that cannot be
-                # told (a closed frontend, say) catches up at its next update.
+                # What changed is committed (a charge, a protected dataset) and the caller must get
+                # its result; a display that cannot be told (a closed frontend, say) catches up at
+                # its next update.
                 pass
+
+    def _charge(self, record: BudgetRecord, cost: Cost, **details):
+        charge = self.accountant.charge(record, cost, **details)
+        self._changed()
         return charge
 
     def _remember_accuracy(self, charge_id: int, text: str) -> None:
@@ -255,6 +262,7 @@ class Session:
             for column, found in self.accountant.ledger.estimated_bounds(name=name, user=record.user).items():
                 dataset.estimates[column] = EstimatedBounds(column, *found)
             self.datasets[name] = dataset
+        self._changed()
         return dataset
 
     def dataset(self, name: str) -> Dataset:

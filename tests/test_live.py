@@ -130,6 +130,16 @@ def test_live_budget_in_a_real_kernel(kernel):
     assert CANARY_TEXT not in everything and "987654" not in everything
 
 
+def test_protecting_data_is_pushed(kernel):
+    kernel.run("%load_ext jupyter_dpmagic")
+    kernel.ask_state()
+    _, messages = kernel.run("labs = dp.protect(frame.assign(age=frame['age'] / 2), name='labs', epsilon=2.0, "
+                             "bounds={'age': (0, 100)})")
+    (update,) = pushes(messages)
+    labs = card(update, "labs")
+    assert labs["epsilon_spent"] == 0 and labs["epsilon_total"] == 2.0 and labs["recent"] == []
+
+
 def test_a_long_cell_pushes_while_it_runs(kernel):
     kernel.run("%load_ext jupyter_dpmagic")
     kernel.ask_state()
@@ -184,3 +194,15 @@ def test_without_a_kernel_the_budget_is_a_text_table(ledger_path, hospital, data
     assert isinstance(dp.budget_widget(dataset_name), dp.BudgetStatus)
     assert dataset_name in repr(dp.budget_widget())
     assert dataset_name in repr(shell.run_cell("%dp budget").result)
+
+
+@pytest.mark.parametrize("releases, expected", [(7, "ok"), (8, "warning"), (9, "warning"), (10, "exhausted")])
+def test_levels_at_the_edges(hospital, dataset_name, releases, expected):
+    from jupyter_dpmagic.live import level
+
+    private = dp.protect(hospital, name=dataset_name, epsilon=1.0, bounds={"age": (0, 110)})
+    with dp.spending(epsilon=0.1):
+        for _ in range(releases):
+            private["age"].count()
+    # Eight releases of 0.1 add up to 0.7999999999999999 in floats: still 80%, as the sidebar says.
+    assert level(dp.budget(dataset_name)) == expected
