@@ -31,6 +31,11 @@ __all__ = [
 ]
 
 
+def _jupyter_labextension_paths():
+    """Where the prebuilt JupyterLab extension lives (``jupyter labextension develop`` reads it)."""
+    return [{"src": "labextension", "dest": "jupyter-dpmagic"}]
+
+
 def load_ipython_extension(ipython):
     """Register the ``%dp`` and ``%%dp`` magics (``%load_ext jupyter_dpmagic``)."""
     from .magic import load_ipython_extension as load

@@ -52,18 +52,20 @@ def level(status: BudgetStatus) -> str:
     return "warning" if share >= WARNING_SHARE - EXHAUSTED_SLACK else "ok"
 
 
-def statuses(session: Session, names: Iterable[str] = ()) -> list[tuple[BudgetStatus, bool]]:
-    """The budgets of the datasets protected here, then of the other ``names`` the ledger knows.
+def statuses(session: Session, names: Iterable[str] = (), *, with_protected: bool = True
+             ) -> list[tuple[BudgetStatus, bool]]:
+    """The budgets of the datasets protected here (unless not ``with_protected``) and of ``names``.
 
     Returns ``(status, protected)`` pairs sorted by name; ``protected`` says whether the dataset is
-    protected in this process (others come from the ledger, e.g. after a kernel restart).
+    protected in this process (others come from the ledger, e.g. after a kernel restart). Names the
+    ledger does not know are left out.
     """
     from .api import budget
 
     user = current_user()
     protected = {name for name, dataset in session.datasets.items() if dataset.user == user}
     found = []
-    for name in sorted(protected | set(names)):
+    for name in sorted((protected if with_protected else set()) | set(names)):
         try:
             found.append((budget(name), name in protected))
         except PolicyError:

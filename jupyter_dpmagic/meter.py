@@ -39,7 +39,7 @@ class BudgetMeter(widgets.VBox):
         """Read the budgets again and update the bars (called by the live budget after a charge)."""
         session = get_live_budget().session
         if self._name is not None:
-            found = statuses(session, [self._name])
+            found = statuses(session, [self._name], with_protected=False)
         else:
             found = statuses(session) or \
                 statuses(session, [r.name for r in session.accountant.ledger.budgets(user=current_user())])

@@ -171,10 +171,12 @@ def test_after_a_restart_the_ledger_budget_comes_back(kernel):
 
 def test_the_widget_meter_follows_later_cells(kernel):
     kernel.run("%load_ext jupyter_dpmagic\n" + SETUP)
+    kernel.run("other = dp.protect(frame.assign(age=frame['age'] + 1), name='another', epsilon=1.0)")
     _, messages = kernel.run("meter = dp.budget_widget('visits')\nmeter")
     shown = [m for m in messages if m["msg_type"] == "execute_result"]
     assert "application/vnd.jupyter.widget-view+json" in shown[0]["content"]["data"]
-    assert "visits" in shown[0]["content"]["data"]["text/plain"]
+    text = shown[0]["content"]["data"]["text/plain"]
+    assert "'visits'" in text and "another" not in text  # only the dataset asked for
     _, messages = kernel.run("print(meter.children[0].children[0].value)")
     before = float("".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream"))
     _, messages = kernel.run("%%dp --epsilon 0.05\nvisits['age'].count()")

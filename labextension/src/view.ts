@@ -84,22 +84,28 @@ function progressBar(dataset: IDatasetView): HTMLElement {
   return bar;
 }
 
-function releasesTable(releases: IRelease[]): HTMLTableElement {
-  const node = table('Last releases (accuracy at 95%)', ['Query', 'Mechanism', 'ε', 'Accuracy'], []);
-  const body = node.tBodies[0];
-  // The payload lists them newest first already.
+/**
+ * The last releases, newest first (the payload's order): a list rather than a
+ * table, so that long queries and accuracy texts wrap in a narrow sidebar.
+ */
+function releasesList(releases: IRelease[]): HTMLElement {
+  const node = element('section', 'jp-dpmagic-Releases');
+  node.appendChild(element('h4', 'jp-dpmagic-Releases-title', 'Last releases'));
+  const list = element('ol', 'jp-dpmagic-Releases-list');
   for (const release of releases) {
-    const row = body.insertRow();
-    row.className = 'jp-dpmagic-Release';
-    row.dataset.chargeId = String(release.id);
+    const item = element('li', 'jp-dpmagic-Release');
+    item.dataset.chargeId = String(release.id);
     if (release.time) {
-      row.title = release.time;
+      item.title = release.time;
     }
-    row.insertCell().textContent = release.query || '—';
-    row.insertCell().textContent = release.mechanism || '—';
-    row.insertCell().textContent = formatNumber(release.epsilon);
-    row.insertCell().textContent = release.accuracy ?? '—';
+    item.appendChild(element('div', 'jp-dpmagic-Release-query', release.query || '—'));
+    const details = [`ε ${formatNumber(release.epsilon)}`, release.mechanism || '—'];
+    // The kernel's accuracy text says its level; charges made before a restart have none.
+    details.push(release.accuracy ?? 'accuracy not kept');
+    item.appendChild(element('div', 'jp-dpmagic-Release-details', details.join(' · ')));
+    list.appendChild(item);
   }
+  node.appendChild(list);
   return node;
 }
 
@@ -162,7 +168,7 @@ export function datasetCard(dataset: IDatasetView): HTMLElement {
     );
   }
   if (budget.recent.length) {
-    card.appendChild(releasesTable(budget.recent));
+    card.appendChild(releasesList(budget.recent));
   }
   return card;
 }
