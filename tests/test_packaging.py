@@ -61,13 +61,15 @@ def test_this_install_shows_the_extension_enabled(built):
 
 
 def test_the_wheel_installs_on_a_machine_without_node(built, tmp_path):
-    dist, prefix = tmp_path / "dist", tmp_path / "prefix"
+    dist, venv = tmp_path / "dist", tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
                    env=no_node_env(), check=True, timeout=600)
     (wheel,) = dist.glob("jupyter_dpmagic-*.whl")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--prefix", str(prefix), str(wheel)],
+    # A venv of its own: `pip install --prefix` would first uninstall this environment's copy.
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
                    env=no_node_env(), check=True, timeout=600)
-    data = prefix / "share" / "jupyter"
+    data = venv / "share" / "jupyter"
     assert (data / "labextensions" / NAME / "install.json").exists()
     listing = labextensions(no_node_env(JUPYTER_PATH=str(data)))
     assert enabled_in(listing, data / "labextensions"), listing
