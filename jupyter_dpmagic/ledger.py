@@ -18,13 +18,38 @@ Guarantees
 * Integer arithmetic: no sum of charges can exceed the cap through rounding. The schema also
   refuses ``spent_units > cap_units`` and ``delta_spent_units > delta_cap_units`` outright, as a
   second line of defence.
+* Tamper evidence: the charges of each budget form an append-only hash chain. Every charge row
+  carries ``prev_id`` and ``prev_hash`` (the id and hash of the budget's previous charge) and
+  ``hash``, the SHA-256 of a canonical encoding of its own fields, the tiers it touched and those two
+  links (:func:`charge_hash`). The first charge links to the budget's *genesis* (id 0 and the
+  SHA-256 of the budget's fixed fields: name, user, fingerprint, mode, totals, caps, creation time,
+  :func:`budget_genesis`), and the budget row keeps the chain's head (``head_id``, ``head_hash``).
+  The chain is per budget so that one dataset's history verifies on its own, and so that its head
+  sits in the row the debit updates anyway: chaining a charge costs no extra read, only an id
+  lookup, a hash and two more columns written in the same ``BEGIN IMMEDIATE`` transaction as the
+  debit. :meth:`SQLiteLedger.verify` recomputes the chain and checks that the budget's
+  ``spent_units``, ``releases`` and ``delta_spent_units`` equal the sums over its charges; an edited,
+  deleted or inserted charge, or an edited budget row, is reported with the charge's id.
+* Triggers refuse ``UPDATE`` and ``DELETE`` on charges and their tiers, any change of a budget's
+  fixed fields, spent amounts going down, and deleting a budget. Someone with write access to the
+  file can drop triggers, so the chain is the evidence, not the triggers. The chain has no secret
+  key either: whoever knows this module can rewrite a whole chain consistently. It shows edits made
+  with ordinary database tools; to rule out a rewritten chain, note the head hash that
+  :meth:`SQLiteLedger.verify` reports somewhere the analyst cannot write, and compare later.
 * Files written before the delta reserve existed are upgraded when opened: the missing columns are
   added with their defaults, so their budgets keep their caps and simply have no delta reserve.
+* Files written before the hash chain existed are upgraded when opened, once: the chain columns are
+  added and the chain is computed over the charges already there, in id order, in the same
+  transaction. The chain vouches for those charges only from that moment on; what happened to
+  them before cannot be known. Later opens never recompute a chain (a row without a hash stays
+  one that verification reports).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import os
 import pathlib
@@ -32,13 +57,23 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from fractions import Fraction
 
 from .errors import BudgetExceededError, PolicyError, close_match_hint
 
-__all__ = ["UNITS_PER_ONE", "DELTA_UNITS_PER_ONE", "BudgetRecord", "ChargeRecord", "SQLiteLedger"]
+__all__ = [
+    "UNITS_PER_ONE",
+    "DELTA_UNITS_PER_ONE",
+    "BudgetRecord",
+    "ChargeRecord",
+    "ChainProblem",
+    "ChainReport",
+    "SQLiteLedger",
+    "budget_genesis",
+    "charge_hash",
+]
 
 UNITS_PER_ONE = 10**12
 """Budget amounts are stored as integers in units of ``1 / UNITS_PER_ONE``."""
@@ -71,6 +106,8 @@ CREATE TABLE IF NOT EXISTS budgets (
     delta_cap_units   INTEGER NOT NULL DEFAULT 0 CHECK (delta_cap_units >= 0),
     delta_spent_units INTEGER NOT NULL DEFAULT 0
         CHECK (delta_spent_units >= 0 AND delta_spent_units <= delta_cap_units),
+    head_id       INTEGER NOT NULL DEFAULT 0,
+    head_hash     TEXT    NOT NULL DEFAULT '',
     PRIMARY KEY (name, user)
 );
 CREATE INDEX IF NOT EXISTS budgets_by_data ON budgets (user, fingerprint);
@@ -88,6 +125,9 @@ CREATE TABLE IF NOT EXISTS charges (
     tier      TEXT    NOT NULL,
     purpose   TEXT    NOT NULL,
     delta_units INTEGER NOT NULL DEFAULT 0 CHECK (delta_units >= 0),
+    prev_id   INTEGER NOT NULL DEFAULT 0,
+    prev_hash TEXT    NOT NULL DEFAULT '',
+    hash      TEXT    NOT NULL DEFAULT '',
     FOREIGN KEY (name, user) REFERENCES budgets (name, user)
 );
 -- Covers the per-tier SUM(units) done inside every tier-capped charge.
@@ -129,6 +169,35 @@ _ADDED_COLUMNS = (
         "INTEGER NOT NULL DEFAULT 0 CHECK (delta_spent_units >= 0 AND delta_spent_units <= delta_cap_units)",
     ),
     ("charges", "delta_units", "INTEGER NOT NULL DEFAULT 0 CHECK (delta_units >= 0)"),
+    # The hash chain; files that lack these get their chain computed once, when they are added.
+    ("budgets", "head_id", "INTEGER NOT NULL DEFAULT 0"),
+    ("budgets", "head_hash", "TEXT NOT NULL DEFAULT ''"),
+    ("charges", "prev_id", "INTEGER NOT NULL DEFAULT 0"),
+    ("charges", "prev_hash", "TEXT NOT NULL DEFAULT ''"),
+    ("charges", "hash", "TEXT NOT NULL DEFAULT ''"),
+)
+
+# Created after any upgrade (which must still write the chain into old rows). Each is one statement:
+# they contain semicolons, so they are not part of _SCHEMA, which is split on them.
+_APPEND_ONLY = "the privacy ledger is append-only"
+_TRIGGERS = (
+    f"""CREATE TRIGGER IF NOT EXISTS charges_no_update BEFORE UPDATE ON charges
+    BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}: a recorded charge cannot be changed'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS charges_no_delete BEFORE DELETE ON charges
+    BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}: a recorded charge cannot be deleted'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS charge_tiers_no_update BEFORE UPDATE ON charge_tiers
+    BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}: a recorded charge cannot be changed'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS charge_tiers_no_delete BEFORE DELETE ON charge_tiers
+    BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}: a recorded charge cannot be deleted'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS budgets_no_delete BEFORE DELETE ON budgets
+    BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}: a budget cannot be deleted'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS budgets_fixed BEFORE UPDATE OF name, user, fingerprint, mode, epsilon_total,
+    delta_total, cap_units, delta_cap_units, created ON budgets
+    BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}: the totals of a budget cannot be changed'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS budgets_only_grow BEFORE UPDATE OF spent_units, releases, delta_spent_units
+    ON budgets WHEN NEW.spent_units < OLD.spent_units OR NEW.releases < OLD.releases
+    OR NEW.delta_spent_units < OLD.delta_spent_units
+    BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}: what a budget has spent cannot go down'); END""",
 )
 
 
@@ -222,6 +291,73 @@ class ChargeRecord:
     delta_units: int = 0
 
 
+@dataclass(frozen=True)
+class ChainProblem:
+    """One thing :meth:`SQLiteLedger.verify` found wrong with a budget's chain.
+
+    Attributes
+    ----------
+    kind : {"edited", "deleted", "inserted", "budget"}
+        ``"edited"``: the charge ``charge_id`` no longer matches its hash (or the hash its successor
+        recorded); ``"deleted"``: the charge ``charge_id`` is missing from the chain;
+        ``"inserted"``: the charge ``charge_id`` is not part of the chain; ``"budget"``: the budget
+        row disagrees with its chain (fixed fields, spent amounts, release count or head).
+    charge_id : int or None
+        The charge concerned; None for problems of the budget row.
+    detail : str
+        A sentence saying what was found.
+    """
+
+    kind: str
+    charge_id: int | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """The result of verifying one budget's hash chain (:meth:`SQLiteLedger.verify`).
+
+    Attributes
+    ----------
+    name, user : str
+        The budget.
+    charges : int
+        Charge rows of the budget found in the file.
+    spent_units : int or None
+        What the budget row says was spent (None if the budget row is missing).
+    charged_units : int
+        The sum of the units of the budget's charge rows.
+    head_hash : str
+        The hash the chain ends with (the budget's genesis when nothing was charged). Noting it
+        somewhere else lets a later check tell whether the chain was rewritten as a whole.
+    problems : tuple of ChainProblem
+        Empty when the chain is intact and the budget row matches it.
+    """
+
+    name: str
+    user: str
+    charges: int
+    spent_units: int | None
+    charged_units: int
+    head_hash: str
+    problems: tuple[ChainProblem, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        """True when the chain is intact and the budget row matches it."""
+        return not self.problems
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    @property
+    def summary(self) -> str:
+        """``"chain intact: 3 charges, spent matches"`` or what is wrong, in one sentence each."""
+        if self.ok:
+            return f"chain intact: {self.charges} charge{'s' if self.charges != 1 else ''}, spent matches"
+        return "chain broken: " + "; ".join(p.detail for p in self.problems)
+
+
 class SQLiteLedger:
     """Budgets and charges in one SQLite file, safe to share between processes.
 
@@ -261,7 +397,11 @@ class SQLiteLedger:
             conn.execute("BEGIN IMMEDIATE")
             for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                 conn.execute(statement)
-            _add_missing_columns(conn)
+            added = _add_missing_columns(conn)
+            if ("charges", "hash") in added:
+                _chain_existing_charges(conn)
+            for trigger in _TRIGGERS:
+                conn.execute(trigger)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -392,11 +532,16 @@ class SQLiteLedger:
                     f"use name={other[0]!r} to continue its budget"
                 )
             created = _now()
+            genesis = budget_genesis(
+                name=name, user=user, fingerprint=fingerprint, mode=mode, epsilon_total=epsilon_total,
+                delta_total=delta_total, cap_units=cap_units, delta_cap_units=delta_cap_units, created=created,
+            )
             conn.execute(
                 "INSERT INTO budgets (name, user, fingerprint, mode, epsilon_total, delta_total, cap_units,"
-                " spent_units, releases, created, delta_cap_units, delta_spent_units)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, 0)",
-                (name, user, fingerprint, mode, epsilon_total, delta_total, cap_units, created, delta_cap_units),
+                " spent_units, releases, created, delta_cap_units, delta_spent_units, head_id, head_hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, ?, 0, 0, ?)",
+                (name, user, fingerprint, mode, epsilon_total, delta_total, cap_units, created, delta_cap_units,
+                 genesis),
             )
         return BudgetRecord(
             name=name,
@@ -524,10 +669,10 @@ class SQLiteLedger:
         query, mechanism, tier, purpose = (str(query), str(mechanism), str(tier), str(purpose))
 
         with self._transaction() as conn:
-            row = conn.execute(_SELECT_BUDGET + " WHERE name = ? AND user = ?", (name, user)).fetchone()
+            row = conn.execute(_SELECT_BUDGET_AND_HEAD + " WHERE name = ? AND user = ?", (name, user)).fetchone()
             if row is None:
                 raise _unknown_budget(conn, name, user)
-            record = _budget(row)
+            record, (head_id, head_hash) = _budget(row), row[12:14]
             for capped, cap in sorted(tier_caps.items()):
                 if cap is None:
                     continue
@@ -540,28 +685,37 @@ class SQLiteLedger:
             held = _reserves_held(conn, record, purpose_caps, purpose)
             if held and record.spent_units + units + sum(held.values()) > record.cap_units:
                 raise _purpose_reserved(record, held, units)
+            # The chain's head was read with the budget, and the next id is read here, both under the
+            # write lock like everything else, so that the hash covers the id the row gets.
+            (charge_id,) = conn.execute(_NEXT_CHARGE_ID).fetchone()
+            when = _now()
+            touched = sorted({str(t) for t in tier_caps})
+            digest = charge_hash(
+                id=charge_id, prev_id=head_id, prev_hash=head_hash, time=when, name=name, user=user, query=query,
+                mechanism=mechanism, epsilon=epsilon, delta=delta, rho=rho, units=units, tier=tier,
+                purpose=purpose, delta_units=delta_units, tiers=touched,
+            )
             # The WHERE clause is the budget check: it is evaluated under the write lock, so a
             # concurrent charge cannot slip in between reading spent_units and raising it.
             debited = units <= _MAX_UNITS and conn.execute(
                 "UPDATE budgets SET spent_units = spent_units + ?, delta_spent_units = delta_spent_units + ?,"
-                " releases = releases + 1"
+                " releases = releases + 1, head_id = ?, head_hash = ?"
                 " WHERE name = ? AND user = ? AND spent_units + ? <= cap_units"
                 " AND delta_spent_units + ? <= delta_cap_units",
-                (units, delta_units, name, user, units, delta_units),
+                (units, delta_units, charge_id, digest, name, user, units, delta_units),
             ).rowcount == 1
             if not debited:
                 if units <= record.cap_units - record.spent_units:
                     raise _selection_delta_exceeded(record, delta_units)
                 raise _budget_exceeded(record, units)
-            when = _now()
-            charge_id = conn.execute(
-                "INSERT INTO charges (time, name, user, query, mechanism, epsilon, delta, rho, units, tier,"
-                " purpose, delta_units) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (when, name, user, query, mechanism, epsilon, delta, rho, units, tier, purpose, delta_units),
-            ).lastrowid
+            conn.execute(
+                f"INSERT INTO charges ({_CHARGE_COLUMNS}) VALUES ({', '.join('?' * 16)})",
+                (charge_id, when, name, user, query, mechanism, epsilon, delta, rho, units, tier, purpose,
+                 delta_units, head_id, head_hash, digest),
+            )
             conn.executemany(
                 "INSERT INTO charge_tiers (charge_id, name, user, tier, units) VALUES (?, ?, ?, ?, ?)",
-                [(charge_id, name, user, str(t), units) for t in sorted(tier_caps)],
+                [(charge_id, name, user, t, units) for t in touched],
             )
         return ChargeRecord(
             id=charge_id,
@@ -617,6 +771,37 @@ class SQLiteLedger:
             for r in rows
         ]
 
+    def verify(self, *, name: str, user: str) -> ChainReport:
+        """Check a budget's hash chain and that the budget row agrees with it.
+
+        Recomputes every charge's hash, follows the links from the budget's genesis to the head the
+        budget row records, and compares the budget's ``spent_units``, ``releases`` and
+        ``delta_spent_units`` with the sums over its charges. Reads one consistent state of the file.
+
+        Returns
+        -------
+        ChainReport
+            ``report.ok`` when all is well; otherwise ``report.problems`` names each edited, deleted
+            or inserted charge by id, and each disagreement of the budget row. A broken chain is
+            reported, never raised.
+
+        Raises
+        ------
+        PolicyError
+            If the file has neither a budget nor charges under this name and user.
+        """
+        with self._snapshot() as conn:
+            budget_row = conn.execute(
+                _SELECT_BUDGET_AND_HEAD + " WHERE name = ? AND user = ?", (name, user)
+            ).fetchone()
+            rows = conn.execute(
+                f"SELECT {_CHARGE_COLUMNS} FROM charges WHERE name = ? AND user = ? ORDER BY id", (name, user)
+            ).fetchall()
+            if budget_row is None and not rows:
+                raise _unknown_budget(conn, name, user)
+            tiers = _tiers_by_charge(conn, name, user)
+        return _verify_chain(name, user, budget_row, rows, tiers)
+
     def tier_spent_units(self, *, name: str, user: str) -> dict[str, int]:
         """Return the units of the charges that touched each tier (tiers never touched are absent).
 
@@ -664,19 +849,274 @@ _SELECT_BUDGET = (
     "SELECT name, user, fingerprint, mode, epsilon_total, delta_total, cap_units, spent_units, created,"
     " releases, delta_cap_units, delta_spent_units FROM budgets"
 )
+_SELECT_BUDGET_AND_HEAD = _SELECT_BUDGET.replace(" FROM budgets", ", head_id, head_hash FROM budgets")
+
+# AUTOINCREMENT's own rule for the next id (one more than the largest ever used), read inside the
+# charge's write transaction so that the row's hash can cover its id. The row is then inserted with
+# that id, which also advances sqlite_sequence.
+_NEXT_CHARGE_ID = (
+    "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'charges'), 0),"
+    " COALESCE((SELECT MAX(id) FROM charges), 0)) + 1"
+)
+
+_CHARGE_COLUMNS = (
+    "id, time, name, user, query, mechanism, epsilon, delta, rho, units, tier, purpose, delta_units,"
+    " prev_id, prev_hash, hash"
+)
 
 
-def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    """Upgrade a file written without the delta reserve; a no-op on an up-to-date file.
+def _digest(fields: list) -> str:
+    # Canonical: JSON with a fixed field order, no whitespace, ASCII only; floats as Python prints
+    # them (shortest round-trip repr, exact for what SQLite's REAL columns hand back).
+    text = json.dumps(fields, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
-    Runs inside the write transaction that opens the ledger, so two processes opening the same old
-    file cannot both add a column. Existing rows get the defaults: no reserve, nothing spent of it.
+
+def _real(value) -> float | None:
+    # + 0.0 turns -0.0 into 0.0, which is what SQLite may hand back for it.
+    return None if value is None else float(value) + 0.0
+
+
+def budget_genesis(
+    *,
+    name: str,
+    user: str,
+    fingerprint: str,
+    mode: str,
+    epsilon_total: float,
+    delta_total: float,
+    cap_units: int,
+    delta_cap_units: int,
+    created: str,
+) -> str:
+    """The hash a budget's chain starts from: SHA-256 over the budget's fields that never change.
+
+    The first charge of the budget records it as its ``prev_hash`` (with ``prev_id`` 0), so editing
+    the budget's cap, totals, fingerprint or creation time breaks the chain at its first link.
     """
+    return _digest([
+        "dpmagic-budget-v1", str(name), str(user), str(fingerprint), str(mode), _real(epsilon_total),
+        _real(delta_total), int(cap_units), int(delta_cap_units), str(created),
+    ])
+
+
+def charge_hash(
+    *,
+    id: int,
+    prev_id: int,
+    prev_hash: str,
+    time: str,
+    name: str,
+    user: str,
+    query: str,
+    mechanism: str,
+    epsilon: float,
+    delta: float,
+    rho: float | None,
+    units: int,
+    tier: str,
+    purpose: str,
+    delta_units: int,
+    tiers,
+) -> str:
+    """SHA-256 of one charge: every field of its row, the tiers it touched, and its link to the last.
+
+    ``prev_id`` and ``prev_hash`` are the id and hash of the budget's previous charge (0 and the
+    budget's :func:`budget_genesis` for its first), so a charge's hash vouches for the whole chain
+    before it.
+    """
+    return _digest([
+        "dpmagic-charge-v1", int(id), int(prev_id), str(prev_hash), str(time), str(name), str(user),
+        str(query), str(mechanism), _real(epsilon), _real(delta), _real(rho), int(units), str(tier),
+        str(purpose), int(delta_units), sorted(str(t) for t in tiers),
+    ])
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> set[tuple[str, str]]:
+    """Upgrade a file written without the delta reserve or the hash chain; return what was added.
+
+    A no-op on an up-to-date file. Runs inside the write transaction that opens the ledger, so two
+    processes opening the same old file cannot both add a column. Existing rows get the defaults: no
+    reserve, nothing spent of it, and no chain yet (:func:`_chain_existing_charges` computes it).
+    """
+    added = set()
     for table, column, definition in _ADDED_COLUMNS:
         # table and column are literals from _ADDED_COLUMNS, never user input.
         present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
         if column not in present:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            added.add((table, column))
+    return added
+
+
+def _chain_existing_charges(conn: sqlite3.Connection) -> None:
+    """Compute the hash chain of every budget over the charges a file holds from before chains.
+
+    Runs once, in the transaction that adds the chain's columns (before the append-only triggers
+    exist): each budget's charges are chained in id order from its genesis and the budget's head is
+    set. The chain vouches for these charges as they were at that moment.
+    """
+    budgets = conn.execute(
+        "SELECT name, user, fingerprint, mode, epsilon_total, delta_total, cap_units, delta_cap_units, created"
+        " FROM budgets ORDER BY name, user"
+    ).fetchall()
+    for name, user, fingerprint, mode, epsilon_total, delta_total, cap_units, delta_cap_units, created in budgets:
+        prev_id, prev_hash = 0, budget_genesis(
+            name=name, user=user, fingerprint=fingerprint, mode=mode, epsilon_total=epsilon_total,
+            delta_total=delta_total, cap_units=cap_units, delta_cap_units=delta_cap_units, created=created,
+        )
+        tiers = _tiers_by_charge(conn, name, user)
+        rows = conn.execute(
+            f"SELECT {_CHARGE_COLUMNS} FROM charges WHERE name = ? AND user = ? ORDER BY id", (name, user)
+        ).fetchall()
+        for row in rows:
+            digest = _row_hash(row, prev_id, prev_hash, tiers.get(row[0], {}))
+            conn.execute(
+                "UPDATE charges SET prev_id = ?, prev_hash = ?, hash = ? WHERE id = ?",
+                (prev_id, prev_hash, digest, row[0]),
+            )
+            prev_id, prev_hash = row[0], digest
+        conn.execute(
+            "UPDATE budgets SET head_id = ?, head_hash = ? WHERE name = ? AND user = ?",
+            (prev_id, prev_hash, name, user),
+        )
+
+
+def _verify_chain(name: str, user: str, budget_row: tuple | None, rows: list[tuple],
+                  tiers: Mapping[int, Mapping[str, int]]) -> ChainReport:
+    """Walk one budget's charges in id order and say what does not fit the chain (see ``verify``)."""
+    problems: list[ChainProblem] = []
+
+    def found(kind: str, charge_id: int | None, detail: str) -> None:
+        # One line per charge and kind: a rewritten charge may show at its own row and at the next.
+        if charge_id is None or all((p.kind, p.charge_id) != (kind, charge_id) for p in problems):
+            problems.append(ChainProblem(kind, charge_id, detail))
+
+    if budget_row is None:
+        record, genesis = None, None
+        found("budget", None, f"the budget row of {name!r} is missing, but {len(rows)} charge(s) refer to it")
+    else:
+        record = _budget(budget_row)
+        genesis = budget_genesis(
+            name=record.name, user=record.user, fingerprint=record.fingerprint, mode=record.mode,
+            epsilon_total=record.epsilon_total, delta_total=record.delta_total, cap_units=record.cap_units,
+            delta_cap_units=record.delta_cap_units, created=record.created,
+        )
+    # The entries accepted as the chain so far, from the genesis (id 0), and where each one sits.
+    chain: list[tuple[int, str | None]] = [(0, genesis)]
+
+    def links_to(prev_id: int, prev_hash: str) -> int | None:
+        for at in range(len(chain) - 1, -1, -1):
+            if chain[at][0] == prev_id:
+                return at if chain[at][1] == prev_hash else None
+        return None
+
+    # Which rows (and the budget's head, as id -1) name each id as the one before them.
+    named_by: dict[int, list[int]] = {}
+    for row in rows:
+        named_by.setdefault(row[13], []).append(row[0])
+    if budget_row is not None:
+        named_by.setdefault(budget_row[12], []).append(-1)
+
+    def named_after(charge_id: int, after: int) -> bool:
+        return any(by == -1 or by > after for by in named_by.get(charge_id, ()))
+
+    edited: set[int] = set()
+    for row in rows:
+        charge_id, units, prev_id, prev_hash, stored = row[0], row[9], row[13], row[14], row[15]
+        row_tiers = tiers.get(charge_id, {})
+        intact = stored == _row_hash(row, prev_id, prev_hash, row_tiers) and all(
+            u == units for u in row_tiers.values()
+        )
+        last_id = chain[-1][0]
+        at = links_to(prev_id, prev_hash)
+        if at is not None and at < len(chain) - 1 and named_after(last_id, charge_id):
+            # A fork: it links to an earlier entry, and the chain goes on from the branch already
+            # accepted (a later charge or the budget names its end), so this one was slipped in.
+            found("inserted", charge_id, f"charge #{charge_id} was inserted: it links to charge #{prev_id}, "
+                                         f"which charge #{chain[at + 1][0]} follows")
+            continue
+        if at is not None and at < len(chain) - 1:
+            # It links to an earlier entry: those accepted after that one were slipped in.
+            for inserted, _ in chain[at + 1:]:
+                found("inserted", inserted, f"charge #{inserted} was inserted: it is not part of the chain "
+                                            f"(charge #{charge_id} links past it)")
+            del chain[at + 1:]
+        elif at is None and prev_id == last_id and intact:
+            # It still matches its own hash, so what it links to changed after it was written.
+            if last_id == 0:
+                if genesis is not None:
+                    found("budget", None, f"the budget row of {name!r} was edited: its cap, totals, "
+                                          "fingerprint or creation time no longer match the chain's start")
+            else:
+                found("edited", last_id, f"charge #{last_id} was edited: its hash is not the one charge "
+                                         f"#{charge_id} recorded for it")
+        elif at is None and prev_id > last_id and intact:
+            found("deleted", prev_id, f"charge #{prev_id} was deleted: charge #{charge_id} links to it and it is "
+                                      "missing")
+        elif at is None:
+            before = f"the charge before it is #{last_id}" if last_id else "no chained charge comes before it"
+            found("inserted", charge_id, f"charge #{charge_id} was inserted: it does not link to the chain "
+                                         f"({before})")
+            continue
+        if not intact:
+            found("edited", charge_id, f"charge #{charge_id} was edited: its fields no longer match its hash")
+            edited.add(charge_id)
+        chain.append((charge_id, stored))
+
+    charged = sum(r[9] for r in rows)
+    last_id, last_hash = chain[-1]
+    if record is not None:
+        head_id, head_hash = budget_row[12], budget_row[13]
+        at = links_to(head_id, head_hash)
+        if at is not None and at < len(chain) - 1:
+            for inserted, _ in chain[at + 1:]:
+                found("inserted", inserted, f"charge #{inserted} was inserted: it comes after the last charge "
+                                            f"the budget recorded (#{head_id})")
+        elif at is None and head_id > last_id:
+            found("deleted", head_id, f"charge #{head_id} was deleted: it is the last charge the budget "
+                                      "recorded and it is missing")
+        elif at is None and head_id == last_id and last_id != 0:
+            if last_id not in edited:  # else already said; here the row itself still matches its hash
+                found("budget", None, f"the budget row of {name!r} was edited: the hash it keeps for its last "
+                                      f"charge (#{last_id}) is not that charge's hash")
+        elif at is None and not any(p.kind == "budget" for p in problems):
+            found("budget", None, f"the budget row of {name!r} was edited: the head of its chain (charge "
+                                  f"#{head_id}) is not the chain's last entry (#{last_id})")
+        if record.spent_units != charged:
+            found("budget", None, f"the budget row says {_units_text(record.spent_units, record.mode)} was spent "
+                                  f"but its {len(rows)} charge(s) add up to {_units_text(charged, record.mode)}")
+        if record.releases != len(rows):
+            found("budget", None, f"the budget row counts {record.releases} release(s) but {len(rows)} charge(s) "
+                                  "are recorded")
+        delta_charged = sum(r[12] for r in rows)
+        if record.delta_spent_units != delta_charged:
+            found("budget", None, f"the budget row says {record.delta_spent_units / DELTA_UNITS_PER_ONE:.3g} of "
+                                  "its delta reserve was spent but its charges add up to "
+                                  f"{delta_charged / DELTA_UNITS_PER_ONE:.3g}")
+    return ChainReport(
+        name=name, user=user, charges=len(rows), spent_units=None if record is None else record.spent_units,
+        charged_units=charged, head_hash=(last_hash or "") if record is None else budget_row[13],
+        problems=tuple(problems),
+    )
+
+
+def _tiers_by_charge(conn: sqlite3.Connection, name: str, user: str) -> dict[int, dict[str, int]]:
+    tiers: dict[int, dict[str, int]] = {}
+    for charge_id, tier, units in conn.execute(
+        "SELECT charge_id, tier, units FROM charge_tiers WHERE name = ? AND user = ?", (name, user)
+    ):
+        tiers.setdefault(charge_id, {})[tier] = units
+    return tiers
+
+
+def _row_hash(row: tuple, prev_id: int, prev_hash: str, tiers) -> str:
+    """:func:`charge_hash` of a row selected as ``_CHARGE_COLUMNS``, with the given link."""
+    return charge_hash(
+        id=row[0], prev_id=prev_id, prev_hash=prev_hash, time=row[1], name=row[2], user=row[3], query=row[4],
+        mechanism=row[5], epsilon=row[6], delta=row[7], rho=row[8], units=row[9], tier=row[10],
+        purpose=row[11], delta_units=row[12], tiers=tiers,
+    )
 
 
 def _check_delta_cap(delta_cap_units: object, delta_total: float) -> None:

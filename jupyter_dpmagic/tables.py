@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-__all__ = ["Table", "HistoryTable", "PolicyTable", "BudgetsTable"]
+__all__ = ["Table", "HistoryTable", "ChainTable", "PolicyTable", "BudgetsTable"]
 
 
 class Table:
@@ -54,6 +54,38 @@ class HistoryTable(Table):
         super().__init__(f"History of '{record.name}' for {record.user}",
                          ["#", "time (UTC)", "query", "mechanism", "ε", "tier", "purpose"], rows,
                          footer=f"{len(rows)} release(s)")
+
+
+class ChainTable(Table):
+    """What verifying a budget's hash chain found (``%dp history NAME --verify``).
+
+    ``report`` is the ledger's :class:`~jupyter_dpmagic.ledger.ChainReport`; ``ok`` and ``summary``
+    repeat its verdict. An intact chain shows one line; a broken one lists each problem with the id of
+    the charge concerned.
+    """
+
+    def __init__(self, report):
+        self.report = report
+        self.ok, self.summary = report.ok, report.summary
+        rows = [["budget row" if p.charge_id is None else f"#{p.charge_id}", p.kind, p.detail]
+                for p in report.problems]
+        title = f"Hash chain of '{report.name}' for {report.user}: " + (
+            self.summary if self.ok else f"chain broken ({len(rows)} problem(s))")
+        super().__init__(title, ["charge", "found", "detail"], rows,
+                         footer=f"{report.charges} charge(s); head {report.head_hash[:16] or '(none)'}")
+
+    def __repr__(self) -> str:
+        if self.ok:
+            return f"{self.title}\n{self.footer}"
+        return super().__repr__()
+
+    __str__ = __repr__
+
+    def _repr_html_(self) -> str:
+        if self.ok:
+            return (f"<div class='dpmagic-table'><strong>{html.escape(self.title)}</strong>"
+                    f"<p style='font-size:0.85em'>{html.escape(self.footer)}</p></div>")
+        return super()._repr_html_()
 
 
 class BudgetsTable(Table):

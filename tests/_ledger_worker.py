@@ -1,18 +1,18 @@
 """Code that ledger tests run in other processes.
 
-Run as a script for the restart tests (one command per process, JSON lines on stdout); imported by
-``multiprocessing`` children for the race tests.
+Run as a script for the restart and crash tests (one command per process, lines on stdout);
+imported by ``multiprocessing`` children for the race tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import os
 import signal
 import sqlite3
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -72,24 +72,38 @@ def race_charges(path: str, barrier, results, attempts: int) -> None:
 
 
 def race_unlocked_charges(path: str, barrier, results, attempts: int) -> None:
-    """Like :func:`race_charges`, but checking the budget in Python between a read and a write.
+    """Like :func:`race_charges`, with the ledger's locking removed: check, then write.
 
-    This is the pattern the ledger must not use: nothing stops another process from charging
-    between the read and the write.
+    Each attempt reads the budget outside any write lock, checks in Python that 0.1 still fits, and
+    then writes what it computed (spent = what it read + 0.1, and the charge row). The barrier sits
+    between the check and the write, so every process checks before any process writes: the
+    interleaving that ``BEGIN IMMEDIATE`` and the conditional ``UPDATE`` exist to rule out, forced
+    every time instead of left to chance. A second barrier ends each round after all writes.
     """
     conn = sqlite3.connect(path, timeout=30, isolation_level=None)
     barrier.wait(timeout=60)
     succeeded = 0
     for _ in range(attempts):
-        (spent,) = conn.execute("SELECT COALESCE(SUM(units), 0) FROM charges").fetchone()
-        if spent + TENTH <= UNITS_PER_ONE:
-            time.sleep(0.005)
+        spent, cap = conn.execute(
+            "SELECT spent_units, cap_units FROM budgets WHERE name = 'visits' AND user = 'alice'"
+        ).fetchone()
+        fits = spent + TENTH <= cap
+        barrier.wait(timeout=60)  # every process has checked; none has written
+        if fits:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "UPDATE budgets SET spent_units = ?, releases = releases + 1 WHERE name = 'visits'"
+                " AND user = 'alice'",
+                (spent + TENTH,),
+            )
             conn.execute(
                 "INSERT INTO charges (time, name, user, query, mechanism, epsilon, delta, rho, units, tier,"
                 " purpose) VALUES ('t', 'visits', 'alice', 'q', 'm', 0.1, 0, NULL, ?, 'default', 'test')",
                 (TENTH,),
             )
+            conn.execute("COMMIT")
             succeeded += 1
+        barrier.wait(timeout=60)  # every write of this round is done
     conn.close()
     results.put(succeeded)
 
@@ -108,8 +122,58 @@ def race_registration(path: str, barrier, results, fingerprint: str) -> None:
         results.put((f"error: {error!r}", fingerprint))
 
 
+def run_race(target, path, extra_args, processes: int = 16) -> list:
+    """Start ``processes`` children of ``target(path, barrier, results, extra)``; return their results."""
+    # fork starts 16 processes much faster than spawn; spawn works too (this module is importable).
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    children = [ctx.Process(target=target, args=(str(path), barrier, results, extra)) for extra in extra_args]
+    assert len(children) == processes
+    for child in children:
+        child.start()
+    outcomes = [results.get(timeout=120) for _ in children]
+    for child in children:
+        child.join(timeout=60)
+        assert child.exitcode == 0, child.exitcode
+    return outcomes
+
+
+CRASH_UNITS = UNITS_PER_ONE // 1000  # 0.001 per charge
+CRASH_CAP = UNITS_PER_ONE // 20  # 0.05: 50 charges, so budgets fill up and new ones open while killed
+
+
+def charge_until_killed(path: str) -> None:
+    """Charge 0.001 again and again, printing each returned charge's id, until killed.
+
+    Charges budgets ``crash-0``, ``crash-1``, ... in turn, opening the next when one is used up, so
+    the kills land in registrations and refused charges as well as in charges.
+    """
+    ledger = SQLiteLedger(path)
+    print("ready", flush=True)
+    for k in range(10**6):
+        name = f"crash-{k}"
+        ledger.open_budget(
+            name=name, user="alice", fingerprint=f"fp-{name}", mode="pure", epsilon_total=0.05,
+            delta_total=0.0, cap_units=CRASH_CAP,
+        )
+        while True:
+            try:
+                charge = ledger.charge(
+                    name=name, user="alice", units=CRASH_UNITS, epsilon=0.001, delta=0.0, rho=None,
+                    query=f"count #{k}", mechanism="laplace", tier="default", purpose="test",
+                )
+            except BudgetExceededError:
+                break
+            # The charge returned: from here on its release may be shown, so it must be on record.
+            print(charge.id, flush=True)
+
+
 def main(argv: list[str]) -> None:
     command, path = argv[0], argv[1]
+    if command == "charge-until-killed":
+        charge_until_killed(path)
+        return
     ledger = SQLiteLedger(path)
     record = open_budget(ledger)
     print(json.dumps({"opened": dataclasses.asdict(record)}), flush=True)

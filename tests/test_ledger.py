@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -320,56 +318,13 @@ def test_charge_is_on_disk_when_it_returns(tmp_path):
         assert ledger.budget(name="visits", user="alice").spent_units == TENTH
 
 
-def _context():
-    # fork starts 16 processes much faster than spawn; spawn works too (the worker is importable).
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-
-
-def _race(target, path, extra_args, processes=16):
-    ctx = _context()
-    barrier, results = ctx.Barrier(processes), ctx.Queue()
-    children = [
-        ctx.Process(target=target, args=(str(path), barrier, results, extra))
-        for extra in extra_args(processes)
-    ]
-    for child in children:
-        child.start()
-    outcomes = [results.get(timeout=60) for _ in children]
-    for child in children:
-        child.join(timeout=60)
-        assert child.exitcode == 0
-    return outcomes
-
-
-@pytest.mark.parametrize("run", range(3))
-def test_racing_processes_never_overspend(tmp_path, run):
-    path = tmp_path / "ledger.db"
-    with SQLiteLedger(path) as ledger:
-        worker.open_budget(ledger)
-    successes = _race(worker.race_charges, path, lambda n: [25] * n)
-    assert sum(successes) == 10
-    with SQLiteLedger(path) as ledger:
-        history = ledger.history(name="visits", user="alice")
-        assert ledger.budget(name="visits", user="alice").spent_units == UNITS_PER_ONE
-        assert len(history) == 10 and sum(c.units for c in history) == UNITS_PER_ONE
-
-
-def test_unlocked_check_then_write_would_overspend(tmp_path):
-    # The race above is a real race: the same processes checking in Python between a read and a
-    # write, instead of in the UPDATE's WHERE under the write lock, spend more than the cap.
-    path = tmp_path / "ledger.db"
-    with SQLiteLedger(path) as ledger:
-        worker.open_budget(ledger)
-    successes = _race(worker.race_unlocked_charges, path, lambda n: [3] * n)
-    with sqlite3.connect(path) as conn:
-        (spent,) = conn.execute("SELECT SUM(units) FROM charges").fetchone()
-    assert sum(successes) > 10 and spent > UNITS_PER_ONE
+# The race of 16 processes charging one budget, and the same race without locking, are in
+# test_ledger_integrity.py with the other integrity tests.
 
 
 def test_racing_registrations_create_one_budget(tmp_path):
     path = tmp_path / "fresh" / "ledger.db"  # the file itself is created during the race
-    outcomes = _race(worker.race_registration, path, lambda n: [f"fp-{i}" for i in range(n)], processes=8)
+    outcomes = worker.run_race(worker.race_registration, path, [f"fp-{i}" for i in range(8)], processes=8)
     created = [fp for outcome, fp in outcomes if outcome == "created"]
     assert len(created) == 1
     assert sorted(outcome for outcome, _ in outcomes) == ["created"] + ["refused"] * 7
