@@ -12,7 +12,8 @@ reports it spent, and then fills the user's own scikit-learn instance with the f
 Attributes that diffprivlib computes exactly from the data (row labels, counts, inertia) are not
 copied: they are not covered by the privacy guarantee. PCA's ``explained_variance_`` and
 ``noise_variance_`` are divided by the exact row count, so they are NaN; use
-``explained_variance_ratio_``.
+``explained_variance_ratio_``. GaussianNB is the exception: it is fitted from one grouped release of
+the session (see :func:`_fit_gaussian_nb`).
 """
 
 from __future__ import annotations
@@ -124,6 +125,8 @@ def fit_private(estimator, X, y=None, *, epsilon=None, sample_weight=None):
     dataset = X._ds
     constructor = _constructor_arguments(dataset, spec, features, label)
     describe_text = f"{name}({features.text()}" + (f" -> {label})" if label else ")")
+    if name == "GaussianNB":
+        return _fit_gaussian_nb(estimator, options, dataset, features, label, where, epsilon, describe_text)
 
     def fit(rows, budget):
         return _fit_diffprivlib(name, {**options, **constructor}, rows, features, label, spec, budget, dataset)
@@ -367,6 +370,56 @@ def _train(model, X, y, classes, centre) -> None:
 
 def _as_label_array(classes, y):
     return np.asarray(list(classes), dtype=y.dtype if y.dtype != object else object)
+
+
+def _fit_gaussian_nb(estimator, options: dict, dataset, features: _Features, label: str, where: tuple, epsilon,
+                     describe_text: str):
+    """GaussianNB from one grouped release: per declared class, a DP count and each feature's mean and variance.
+
+    diffprivlib's GaussianNB is private for neighbours that replace a row: it forces its noisy class
+    counts to add up to the exact number of rows, and a declared class without rows keeps a count
+    of exactly 0, so the fitted model tells whether one more patient is in the data. Here every
+    number comes from the session's own release (add/remove neighbours, a person's rows bounded,
+    OpenDP's exact noise, charged to the ledger), and the model is post-processing of it.
+    """
+    classes = _label_classes(dataset, label)
+    key = P.GroupKey(label, P.Col(label), tuple(classes))
+    measures = [P.Count()]
+    for expr, low, high in zip(features.exprs, features.lows, features.highs):
+        measures += [P.Mean(expr, float(low), float(high)), P.Variance(expr, float(low), float(high), ddof=0)]
+    labels = ["count"] + [f"{kind} {i}" for i in range(len(features.exprs)) for kind in ("mean", "var")]
+    released = get_session().release(dataset, measures, where=where, by=(key,), epsilon=epsilon, shape="frame",
+                                     labels=labels, what=describe_text)
+    info = replace(released._dp, query=describe_text)
+    table = pd.DataFrame(released).to_numpy(dtype=float)
+    counts = np.clip(np.nan_to_num(table[:, 0]), 0.0, None)
+    lows, highs = features.lows, features.highs
+    centre, widest = (lows + highs) / 2, ((highs - lows) / 2) ** 2
+    theta = np.clip(np.where(np.isfinite(table[:, 1::2]), table[:, 1::2], centre), lows, highs)
+    # Each variance's upper 95% bound, not its noisy value: a variance that noise pushed towards 0
+    # would make one feature decide every prediction, while one too large only weakens that feature.
+    upper = info.ci_high.to_numpy(dtype=float)[:, 2::2] if info.ci_high is not None else table[:, 2::2]
+    variance = np.clip(np.where(np.isfinite(upper), upper, widest), 0.0, widest)
+    smoothing = options.get("var_smoothing", 1e-9)
+    # scikit-learn adds var_smoothing times the largest variance of the data; the largest released
+    # variance stands in for it (a floor keeps predict from dividing by zero).
+    epsilon_ = smoothing * max(float(variance.max()), float(widest.max()) * 1e-6)
+    priors = options.get("priors")
+    if priors is None:
+        # Released counts can be 0 for a rare class; a prior of 0 would make it impossible to predict.
+        floored = np.maximum(counts, 1.0)
+        priors = floored / floored.sum()
+    for key_ in [k for k in vars(estimator) if k.endswith("_") and not k.startswith("_")]:
+        delattr(estimator, key_)
+    estimator.classes_ = np.asarray(classes)
+    estimator.class_count_ = counts
+    estimator.class_prior_ = np.asarray(priors, dtype=float)
+    estimator.theta_ = theta
+    estimator.var_ = variance + epsilon_
+    estimator.epsilon_ = epsilon_
+    estimator.n_features_in_ = len(features.exprs)
+    estimator._dp = info
+    return estimator
 
 
 # ------------------------------------------------------------------------------------- adoption

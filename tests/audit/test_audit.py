@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: _stats
 
 from jupyter_dpmagic.engine.local import LocalEngine  # noqa: E402
 from _stats import (  # noqa: E402,F401
