@@ -325,10 +325,19 @@ def _rho_for(epsilon: float, delta: float) -> float:
 # -- validation ------------------------------------------------------------------------------------
 
 
+def _as_float(value: object) -> float:
+    """A real number as a float (inf when too large for one); NaN for anything else."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _shown(value: object) -> str:
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return repr(float(value))
-    return repr(value)
+    number = _as_float(value)
+    return repr(value) if math.isnan(number) else repr(number)
 
 
 def check_epsilon(value: object, *, what: str = "epsilon") -> float:
@@ -346,9 +355,7 @@ def check_epsilon(value: object, *, what: str = "epsilon") -> float:
     PolicyError
         Otherwise, saying what a valid value looks like.
     """
-    number = (
-        float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
-    )
+    number = _as_float(value)
     if not (math.isfinite(number) and number > 0):
         raise PolicyError(
             f"{what} must be a finite number greater than 0 (got {_shown(value)}); pass e.g. {what}=0.1"
@@ -372,9 +379,7 @@ def check_delta(value: object, *, what: str = "delta") -> float:
     PolicyError
         Otherwise, saying what a valid value looks like.
     """
-    number = (
-        float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
-    )
+    number = _as_float(value)
     if not (math.isfinite(number) and 0 <= number < 1):
         raise PolicyError(
             f"{what} must be a finite number with 0 <= {what} < 1 (got {_shown(value)}); "

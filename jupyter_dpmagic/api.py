@@ -9,9 +9,10 @@ import pandas as pd
 
 from . import hooks, live
 from .accountant import BudgetStatus
+from .errors import PolicyError
 from .frame import PrivateFrame
 from .session import current_user, get_session
-from .tables import BudgetsTable, HistoryTable, PolicyTable
+from .tables import BudgetsTable, ChainTable, HistoryTable, PolicyTable
 
 __all__ = ["protect", "budget", "budgets", "budget_widget", "history", "policy"]
 
@@ -75,6 +76,7 @@ def budget(name: str) -> BudgetStatus:
     protected in this session it also says what each tier and purpose may still spend under the
     policy's tier caps and purpose reserves.
     """
+    _check_name(name, "budget")
     session, user = get_session(), current_user()
     dataset = session.datasets.get(name)
     if dataset is None or dataset.user != user:
@@ -121,11 +123,25 @@ def _widgets_available() -> bool:
     return live.install().in_kernel and importlib.util.find_spec("ipywidgets") is not None
 
 
-def history(name: str) -> HistoryTable:
-    """Every charge recorded against dataset ``name`` for the current user, oldest first."""
-    accountant = get_session().accountant
-    record = accountant.ledger.budget(name=name, user=current_user())
-    return HistoryTable(record, accountant.ledger.history(name=name, user=current_user()))
+def history(name: str, *, verify: bool = False) -> HistoryTable | ChainTable:
+    """Every charge recorded against dataset ``name`` for the current user, oldest first.
+
+    With ``verify=True``, check the history instead: recompute the hash chain of the charges and
+    compare the budget's spent amounts with them. The result says ``chain intact: N charges, spent
+    matches``, or names each charge (by id) that was edited, deleted or inserted and what of the
+    budget row disagrees; ``.ok`` is True when all is well. A broken chain is reported, not raised.
+    """
+    _check_name(name, "history")
+    ledger, user = get_session().accountant.ledger, current_user()
+    if verify:
+        return ChainTable(ledger.verify(name=name, user=user))
+    record = ledger.budget(name=name, user=user)
+    return HistoryTable(record, ledger.history(name=name, user=user))
+
+
+def _check_name(name, reader: str) -> None:
+    if not isinstance(name, str):
+        raise PolicyError(f"a dataset name is text: dp.{reader}('visits') (got {type(name).__name__}).")
 
 
 def policy(name: str) -> PolicyTable:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 import numpy as np
@@ -110,8 +110,14 @@ def _check_bounds(bounds, what: str) -> tuple[float, float]:
         low, high = (float(b) for b in bounds)
     except (TypeError, ValueError):
         raise PolicyError(f"{what} takes two numbers (low, high), e.g. bounds=(0, 120).") from None
+    except OverflowError:
+        raise PolicyError(f"{what} must be finite numbers (got numbers too large for a float); "
+                          "give the real range of the values, e.g. bounds=(0, 120).") from None
     if not (math.isfinite(low) and math.isfinite(high)):
         raise PolicyError(f"{what} must be finite numbers (got {bounds!r}).")
+    if not math.isfinite(high - low):
+        raise PolicyError(f"{what} {bounds!r} are too far apart to compute with; give the real range of the "
+                          "values, e.g. bounds=(0, 120).")
     if low > high:
         raise PolicyError(f"reversed bounds {bounds!r}: write bounds=({high:g}, {low:g}).")
     if low == high:
@@ -167,7 +173,13 @@ class _Private:
         if bounds is not None:
             low, high = _check_bounds(bounds, "bounds=")
         else:
-            derived = bounds_of(expr, lambda c: self._ds.column(c).bounds, self._ds.schema)
+            try:
+                derived = bounds_of(expr, lambda c: self._ds.column(c).bounds, self._ds.schema)
+            except OverflowError:
+                derived = (-math.inf, math.inf)
+            if derived is not None and not all(map(math.isfinite, derived)):
+                raise PolicyError(f"the bounds derived for '{label}' are too large for a float; clip() the values "
+                                  "first or pass bounds=(low, high) to this call.")
             if derived is None:
                 unbounded = sorted(c for c in P.columns_of(expr) if self._ds.column(c).bounds is None)
                 if not unbounded:
@@ -668,10 +680,10 @@ class PrivateSeries(_Private):
 
     def astype(self, dtype) -> "PrivateSeries":
         """Convert between numeric types (``float``, ``int``, ``'float32'``...) or to ``bool``."""
-        name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
         try:
+            name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
             kind = np.dtype(name).kind
-        except TypeError:
+        except (TypeError, ValueError):
             raise PolicyError(f"astype() on private data converts between numeric types; got {dtype!r}.") from None
         if kind not in "biuf" or self._kind(self._expr) not in (NUMERIC, BOOL):
             raise PolicyError(f"astype({dtype!r}) is not available here: private columns convert only between "
@@ -937,6 +949,11 @@ class _SeriesPlot:
 
 
 def _describe(columns: list, percentiles, epsilon, delta, notes):
+    if percentiles is None:
+        percentiles = (0.25, 0.5, 0.75)  # as pandas
+    if isinstance(percentiles, (str, bytes)) or not isinstance(percentiles, Iterable):
+        raise PolicyError(f"percentiles= takes a list of numbers between 0 and 1, e.g. percentiles=[0.25, 0.5, 0.75] "
+                          f"(got {percentiles!r}).")
     qs = [_check_q(q) for q in percentiles]
     stats = ["count", "mean", "std"] + [f"{q * 100:g}%" for q in qs]
     measures = []

@@ -64,6 +64,13 @@ def _name_parser(command: str) -> _Parser:
     return parser
 
 
+def _history_parser() -> _Parser:
+    parser = _name_parser("history")
+    parser.add_argument("--verify", action="store_true",
+                        help="check the hash chain of the charges and the budget's totals instead")
+    return parser
+
+
 SUBCOMMANDS = ("protect", "budget", "history", "policy", "explain")
 _EXPLAIN_OPTION = re.compile(r"^\s*--(epsilon|delta|purpose|accuracy)(?:=|\s+)(\S+)")
 _CELL_PARSER = _cell_parser()
@@ -94,7 +101,7 @@ class DPMagics(Magics):
 
         - ``%dp protect VAR --name NAME --epsilon E [--delta D] [--policy FILE] [--unit COL --max-rows K]
           [--bounds COL=LOW:HIGH ...] [--categories COL=A,B ...]``
-        - ``%dp budget [NAME]``, ``%dp history [NAME]``, ``%dp policy [NAME]``
+        - ``%dp budget [NAME]``, ``%dp history [NAME] [--verify]``, ``%dp policy [NAME]``
         - ``%dp explain [--epsilon E | --accuracy A] [--purpose P] EXPRESSION``: what the expression's
           releases would cost and how accurate they would be; nothing is run or charged.
         """
@@ -103,7 +110,7 @@ class DPMagics(Magics):
         if line.strip().split(" ", 1)[0] == "explain":
             # The rest is Python, not shell words: quotes and brackets must reach eval untouched.
             return self._explain(line.strip()[len("explain"):])
-        words = shlex.split(line)
+        words = _words(line)
         if not words:
             raise PolicyError("%dp needs a subcommand: " + ", ".join(SUBCOMMANDS) + f". For a cell: {CELL_USAGE}.")
         command, rest = words[0], words[1:]
@@ -115,7 +122,7 @@ class DPMagics(Magics):
 
     # ----------------------------------------------------------------------------------- the cell
     def _cell(self, line: str, cell: str):
-        args = _CELL_PARSER.parse_args(shlex.split(line))
+        args = _CELL_PARSER.parse_args(_words(line))
         with spending(epsilon=args.epsilon, delta=args.delta, purpose=args.purpose, budget=args.budget,
                       accuracy=args.accuracy):
             return self._run(cell)
@@ -177,7 +184,8 @@ class DPMagics(Magics):
         return budget_widget(_name_parser("budget").parse_args(words).name)
 
     def _cmd_history(self, words):
-        return history(self._one_name("history", words))
+        args = _history_parser().parse_args(words)
+        return history(self._one_name("history", [args.name] if args.name else []), verify=args.verify)
 
     def _cmd_policy(self, words):
         return policy(self._one_name("policy", words))
@@ -193,6 +201,15 @@ class DPMagics(Magics):
             raise PolicyError(f"no dataset is protected in this kernel; protect one first, or name it: "
                               f"%dp {command} NAME.")
         raise PolicyError(f"several datasets are protected ({', '.join(names)}); name one: %dp {command} NAME.")
+
+
+def _words(line: str) -> list[str]:
+    """The options of a ``%dp`` line, split as a shell would."""
+    try:
+        return shlex.split(line)
+    except ValueError as error:  # an unclosed quote
+        raise PolicyError(f"%dp could not read its options ({error}); close the quote, e.g. --name 'my data'. "
+                          f"Usage: {CELL_USAGE}, or %dp SUBCOMMAND ...") from None
 
 
 def _parse_pair(item: str, option: str, *, bounds: bool):

@@ -855,7 +855,7 @@ class Policy:
         """
         if name is None:
             name = self._default_purpose
-        if name in self._purposes:
+        if isinstance(name, str) and name in self._purposes:  # not `in` alone: an unhashable name raises
             return self._purposes[name]
         if isinstance(name, str):
             for known, purpose in self._purposes.items():

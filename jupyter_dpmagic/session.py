@@ -212,6 +212,10 @@ class Session:
         delta = check_delta(delta)
         policy = _load_policy(policy)
         for what, mapping in (("bounds", bounds), ("categories", categories)):
+            if mapping is not None and not isinstance(mapping, Mapping):
+                example = "{'age': (0, 110)}" if what == "bounds" else "{'sex': ['F', 'M']}"
+                raise PolicyError(f"{what}= takes a dict from column name to its {what}, e.g. {what}={example} "
+                                  f"(got {type(mapping).__name__}).")
             for column in (mapping or {}):
                 _require_column(column, frame.columns, where=f"{what}=")
         policy = policy.with_columns(bounds=bounds, categories=categories)
@@ -268,7 +272,7 @@ class Session:
     def dataset(self, name: str) -> Dataset:
         try:
             return self.datasets[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: a name that is not even hashable
             raise PolicyError(f"no dataset named '{name}' is protected in this kernel."
                               f"{close_match_hint(name, self.datasets)} Protect it with dp.protect(df, "
                               f"name='{name}', epsilon=...) or %dp protect.") from None
@@ -276,13 +280,15 @@ class Session:
     # ------------------------------------------------------------------------------------ release
     def release(self, dataset: Dataset, measures: Sequence, *, where: tuple = (), by: tuple = (),
                 epsilon=None, delta=None, shape: str = "scalar", labels: Sequence[str] = (), notes=(),
-                derived: "Derived | None" = None):
+                derived: "Derived | None" = None, what: str | None = None):
         """Make one DP release of ``measures`` and return it shaped as ``shape``.
 
         ``shape`` is ``"scalar"`` (one measure, no groups), ``"series"`` (one measure per group, or
         one value per measure without groups), ``"frame"`` (groups x measures) or ``"bins"`` (a
         histogram's bins). With ``derived``, the measures read columns that a public function computes
         from each person's bounded rows of ``derived.columns`` (a model's per-row correctness, say).
+        ``what`` names the release in the ledger when the query's own description would not say it
+        (a model fitted from the release, say).
         """
         scope = current_scope()
         if scope is None:
@@ -336,7 +342,7 @@ class Session:
         # Exact aggregates first: a query that fails here has charged nothing.
         exact = _run(dataset, draft.query, draft.primitives) if derived is None else derived.run(dataset, draft)
         cost = _cost(record, draft.units, epsilon * draft.units / units, delta)
-        what = describe(draft.query) if derived is None else derived.what
+        what = what or (describe(draft.query) if derived is None else derived.what)
         charge = self._charge(
             record, cost, query=what, mechanism=draft.mechanism, tier=tier, purpose=purpose,
             units=draft.units, tier_shares=_tier_shares(dataset, tiers), selection_delta=selection_delta,
@@ -547,7 +553,7 @@ def _release_units(record: BudgetRecord, epsilon: float, delta: float) -> int:
     if delta > 0:
         # With its own delta, a release gets the largest rho that keeps it (epsilon, delta)-DP.
         return _whole_units(epsilon_delta_to_rho(epsilon, delta))
-    return _share_units(record, epsilon)
+    return _payable(_share_units(record, epsilon), epsilon)
 
 
 def _model_units(record: BudgetRecord, epsilon: float) -> int:
@@ -564,6 +570,18 @@ def _whole_units(loss: float) -> int:
     units = round(Fraction(repr(float(loss))) * UNITS_PER_ONE)
     if units < 1:
         raise PolicyError(f"epsilon {loss!r} is below the ledger's resolution of 1e-12; ask for more.")
+    return _payable(units, loss)
+
+
+# No budget holds more units than this (the ledger's cap); a release asking for more could never be paid,
+# and splitting such amounts among a release's parts would overflow floats.
+_MOST_UNITS = 2**62
+
+
+def _payable(units: int, epsilon) -> int:
+    if units > _MOST_UNITS:
+        raise PolicyError(f"epsilon {epsilon!r} is more than any budget can hold; ask for less, "
+                          "e.g. epsilon=0.1.")
     return units
 
 
