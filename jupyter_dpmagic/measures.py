@@ -28,15 +28,19 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import ndtri
 
+from .errors import PolicyError
 from .mechanisms import Noise
 from .plan import (BinCounts, Count, FixedSum, Histogram, Mean, Measure, Quantile, QuantileScores, RowCount, Sum,
-                   Variance)
+                   Variance, describe)
 
 __all__ = ["compile_measure", "Compiled", "Outcome", "LEVEL"]
 
 LEVEL = 0.95
 ALPHA = 1.0 - LEVEL
 LIMIT = 2**23
+# Bounds beyond this size are refused: squares and sums of as many rows as a table can hold would
+# overflow a float, and the release would be infinite or its interval meaningless.
+MAX_MAGNITUDE = 1e100
 CANDIDATES = 1025
 Q_DEN = 10_000
 MEAN_SUM_SHARE = 0.8
@@ -91,6 +95,7 @@ class Compiled:
 
 def compile_measure(measure: Measure) -> Compiled:
     """The primitives and loss shares that make ``measure``."""
+    _check_magnitude(measure)
     if isinstance(measure, Count):
         return Compiled(measure, (RowCount(measure.expr),), (1.0,))
     if isinstance(measure, Sum):
@@ -119,6 +124,15 @@ def compile_measure(measure: Measure) -> Compiled:
         edges = tuple(np.linspace(measure.low, measure.high, measure.bins + 1).tolist())
         return Compiled(measure, (BinCounts(measure.expr, edges),), (1.0,))
     raise TypeError(f"unknown measure {measure!r}")
+
+
+def _check_magnitude(measure) -> None:
+    low, high = getattr(measure, "low", None), getattr(measure, "high", None)
+    if low is None or high is None or max(abs(low), abs(high)) <= MAX_MAGNITUDE:
+        return
+    raise PolicyError(f"the bounds [{low:.4g}, {high:.4g}] of {describe(measure.expr)} are too large to compute "
+                      f"with (at most {MAX_MAGNITUDE:g} in size); rescale the values (e.g. divide by 1e6) and give "
+                      "bounds in that unit.")
 
 
 def _centre(measure) -> tuple[float, float]:

@@ -33,6 +33,8 @@ BAD_RELEASES = [
     ("reversed call bounds", lambda pf: pf.age.mean(bounds=(110, 0)), "reversed"),
     ("single-value bounds", lambda pf: pf.age.mean(bounds=(5, 5)), "low < high"),
     ("non-finite bounds", lambda pf: pf.age.mean(bounds=(0, float("inf"))), "finite"),
+    ("bounds too large to sum", lambda pf: pf.age.sum(bounds=(0, 1e300)), "rescale"),
+    ("derived bounds too large", lambda pf: (pf.age * 1e300).mean(), "rescale"),
     ("groupby undeclared", lambda pf: pf.groupby("diagnosis").size(), "categories="),
     ("value_counts undeclared", lambda pf: pf.diagnosis.value_counts(), "categories="),
     ("isin nothing", lambda pf: pf[pf.ward.isin([])].age.mean(), "isin"),
