@@ -65,7 +65,12 @@ _REFUSED = {
 _REFUSED_PROPERTIES = {"values": _RAW, "array": _RAW, "iloc": _ROWS, "iat": _ROWS, "at": _ROWS,
                        "index": "the index lists rows; " + _ROWS, "empty": "whether the data is empty is "
                        "itself private; count rows inside %%dp with len(df).", "T": _ROWS,
-                       "axes": "the index lists rows; " + _ROWS}
+                       "axes": "the index lists rows; " + _ROWS,
+                       "str": "string methods would compute on raw text; compare whole values instead "
+                              "(df[df.ward == 'cardio'], df.ward.isin([...])) or count declared categories "
+                              "with value_counts() inside %%dp.",
+                       "dt": "date methods are not available on private columns yet; add the derived column "
+                             "(year, month) before dp.protect, with its bounds."}
 
 
 def _refusal(name: str, advice: str):
