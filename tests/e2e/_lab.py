@@ -349,6 +349,18 @@ class Lab:
         self.page.mouse.move(x - (width - box["width"]), y, steps=10)
         self.page.mouse.up()
 
+    def use_theme(self, name: str, *, light: bool) -> None:
+        """Settings menu, Theme, ``name``; wait until JupyterLab has applied it."""
+        self.page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Settings$")).click()
+        self.page.locator(".lm-Menu-item", has_text=re.compile(r"^Theme$")).first.hover()
+        self.page.locator(".lm-Menu-item", has_text=re.compile(rf"^{re.escape(name)}$")).first.click()
+        self.page.wait_for_function("light => document.body.dataset.jpThemeLight === light",
+                                    arg="true" if light else "false")
+
+    def contrast(self) -> dict:
+        """WCAG contrast ratio of each kind of text in the sidebar against the background it is drawn on."""
+        return self.page.evaluate(CONTRAST, PANEL_ID)
+
     def wait_sidebar(self, what: str, accept: Callable[[dict], bool], timeout_ms: int = TIMEOUT_MS) -> dict:
         """Poll the sidebar's DOM until ``accept(state)``; fail with the last state seen."""
         deadline = time.monotonic() + timeout_ms / 1000
@@ -365,6 +377,38 @@ class Lab:
                                      f"it shows:\n{json.dumps(state, indent=1)}\n"
                                      f"browser console:\n" + "\n".join(self.console[-20:]))
             self.page.wait_for_timeout(50)
+
+
+# Colours with transparency are blended over the background they are drawn on, as the eye sees them.
+CONTRAST = """
+(panelId) => {
+  const rgba = text => { const v = text.match(/[\\d.]+/g).map(Number); return v.length === 3 ? [...v, 1] : v; };
+  const over = (top, bottom) => top.slice(0, 3).map((c, i) => top[3] * c + (1 - top[3]) * bottom[i]);
+  const background = element => {
+    const layers = [];
+    for (let e = element; e; e = e.parentElement) {
+      const c = rgba(getComputedStyle(e).backgroundColor);
+      if (c[3] > 0) { layers.push(c); if (c[3] === 1) break; }
+    }
+    return layers.reverse().reduce((below, layer) => over(layer, below), [255, 255, 255]);
+  };
+  const luminance = rgb => {
+    const [r, g, b] = rgb.map(c => { c /= 255; return c <= 0.03928 ? c / 12.92 : Math.pow((c + 0.055) / 1.055, 2.4); });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const out = {};
+  for (const element of document.querySelectorAll(`#${panelId} *`)) {
+    const own = [...element.childNodes].some(n => n.nodeType === Node.TEXT_NODE && n.textContent.trim());
+    if (!own || !element.offsetParent) continue;
+    const back = background(element);
+    const fore = over(rgba(getComputedStyle(element).color), back);
+    const [l1, l2] = [luminance(fore), luminance(back)].sort((a, b) => b - a);
+    const key = element.className || element.tagName.toLowerCase();
+    out[key] = Math.min(out[key] ?? Infinity, (l1 + 0.05) / (l2 + 0.05));
+  }
+  return out;
+}
+"""
 
 
 def launch_browser(playwright, profile: Path):

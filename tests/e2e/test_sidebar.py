@@ -100,6 +100,19 @@ def no_error(output: str, cell: str) -> None:
     assert not any(word in output for word in ERROR_WORDS), f"the cell {cell!r} failed:\n{output}"
 
 
+PANEL_ID = "jupyter-dpmagic-budget"
+MIN_CONTRAST = 4.5  # WCAG AA for normal text
+
+
+def readable(lab, when: str) -> None:
+    """Every text of the sidebar stands out from its background at WCAG AA contrast."""
+    ratios = lab.contrast()
+    assert ratios, f"no text found in the sidebar ({when})"
+    poor = {kind: round(ratio, 2) for kind, ratio in ratios.items() if ratio < MIN_CONTRAST}
+    print(f"contrast, {when}: lowest {min(ratios.values()):.2f} ({min(ratios, key=ratios.get)})")
+    assert not poor, f"text below contrast {MIN_CONTRAST} ({when}): {poor}"
+
+
 def hide_file_browser(lab) -> None:
     """Collapse the left sidebar so that a screenshot shows the notebook and the budget side by side."""
     if lab.page.locator(".jp-DirListing-content").is_visible():
@@ -158,6 +171,7 @@ def test_sidebar_follows_the_kernels_budgets(lab, lab_server, tmp_path, record_p
                 hide_file_browser(lab)
                 lab.widen_right_sidebar(380)
                 lab.page.screenshot(path=str(screenshot))
+                readable(lab, "light theme, running low")
 
         # --- a refused release charges nothing and changes nothing ------------------------------
         before = state
@@ -217,6 +231,14 @@ def test_sidebar_follows_the_kernels_budgets(lab, lab_server, tmp_path, record_p
         state = lab.wait_sidebar("visits protected again", shows("visits", spent=1.0, protected="true"))
         assert_card(state, "visits", spent=1.0, total=1.0, releases=3, status="exhausted", protected="true")
         done("visits protected again: same budget, protected true")
+
+        # --- the dark theme: the same text, still readable --------------------------------------
+        readable(lab, "light theme, exhausted")
+        lab.use_theme("JupyterLab Dark", light=False)
+        state = lab.wait_sidebar("visits in the dark theme", shows("visits", spent=1.0, notebook="a.ipynb"))
+        assert "exhausted" in lab.page.locator(f'#{PANEL_ID} .jp-dpmagic-Dataset[data-dataset="visits"]').inner_text()
+        readable(lab, "dark theme, exhausted")
+        done("dark theme: readable, the state in words")
     except BaseException:
         failure = tmp_path / "failure.png"
         try:
