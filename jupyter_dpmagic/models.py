@@ -409,8 +409,7 @@ def _fit_gaussian_nb(estimator, options: dict, dataset, features: _Features, lab
         # Released counts can be 0 for a rare class; a prior of 0 would make it impossible to predict.
         floored = np.maximum(counts, 1.0)
         priors = floored / floored.sum()
-    for key_ in [k for k in vars(estimator) if k.endswith("_") and not k.startswith("_")]:
-        delattr(estimator, key_)
+    _forget_fit(estimator)
     estimator.classes_ = np.asarray(classes)
     estimator.class_count_ = counts
     estimator.class_prior_ = np.asarray(priors, dtype=float)
@@ -423,10 +422,15 @@ def _fit_gaussian_nb(estimator, options: dict, dataset, features: _Features, lab
 
 
 # ------------------------------------------------------------------------------------- adoption
+def _forget_fit(estimator) -> None:
+    """Drop the fitted state of an earlier fit: it must not mix with this one."""
+    for key in [k for k in vars(estimator) if k.endswith("_") and not k.startswith("_")]:
+        delattr(estimator, key)
+
+
 def _adopt(estimator, model) -> None:
     """Give the user's instance diffprivlib's fitted DP state (and only that)."""
-    for key in [k for k in vars(estimator) if k.endswith("_") and not k.startswith("_")]:
-        delattr(estimator, key)  # state of an earlier fit must not mix with this one
+    _forget_fit(estimator)
     for key, value in vars(model).items():
         if key.endswith("_") and not key.startswith("_") and key not in _EXACT_ATTRIBUTES:
             setattr(estimator, key, np.full_like(value, np.nan, dtype=float) if key in _COUNT_SCALED else value)
