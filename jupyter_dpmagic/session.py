@@ -421,8 +421,8 @@ class Session:
         units = _model_units(record, epsilon)
         cost = Cost(epsilon=epsilon) if record.mode == "pure" else Cost(epsilon=epsilon, rho=units / UNITS_PER_ONE)
         charge = self._charge(record, cost, query=describe_text, mechanism=mechanism, tier=tier,
-                                        purpose=purpose, units=units, tier_shares=_tier_shares(dataset, tiers),
-                                        purpose_reserves=dataset.policy.purpose_reserves())
+                              purpose=purpose, units=units, tier_shares=_tier_shares(dataset, tiers),
+                              purpose_reserves=dataset.policy.purpose_reserves())
         for each in scope.chain():
             each.spent_units[_key(dataset)] = each.spent_units.get(_key(dataset), 0) + units
         return model, _info(dataset, query, mechanism, cost, charge.id, purpose, tier,
