@@ -6,6 +6,12 @@ this module does not care which, :mod:`jupyter_dpmagic.accountant` does the conv
 approximate budget may also hold a reserve of delta, in units of ``1 / DELTA_UNITS_PER_ONE``, that
 releases which spend a delta of their own (DP partition selection) draw on.
 
+Two databases can hold a ledger: a SQLite file (:class:`SQLiteLedger`, the default, for one machine)
+and a PostgreSQL database (:class:`jupyter_dpmagic.ledger_postgres.PostgresLedger`, one ledger shared
+by several kernels or machines); :func:`open_ledger` picks one by its location. What they do is
+written once, in :class:`Ledger`. The guarantees below are stated in SQLite's terms;
+:mod:`jupyter_dpmagic.ledger_postgres` says how PostgreSQL gives each of them.
+
 Guarantees
 ----------
 * A charge is committed durably (SQLite WAL with ``synchronous=FULL``) before :meth:`SQLiteLedger.charge`
@@ -70,9 +76,11 @@ __all__ = [
     "ChargeRecord",
     "ChainProblem",
     "ChainReport",
+    "Ledger",
     "SQLiteLedger",
     "budget_genesis",
     "charge_hash",
+    "open_ledger",
 ]
 
 UNITS_PER_ONE = 10**12
@@ -358,92 +366,63 @@ class ChainReport:
         return "chain broken: " + "; ".join(p.detail for p in self.problems)
 
 
-class SQLiteLedger:
-    """Budgets and charges in one SQLite file, safe to share between processes.
+def open_ledger(location: str | os.PathLike[str]) -> Ledger:
+    """Open the ledger at ``location``: a file path (SQLite) or a ``postgresql://`` URL (PostgreSQL).
 
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The database file. Missing parent directories are created.
+    ``postgres://`` URLs are accepted too. The PostgreSQL ledger needs the ``postgres`` extra
+    (``pip install jupyter-dpmagic[postgres]``); without it a PolicyError says so.
+    """
+    if isinstance(location, str) and location.startswith(("postgresql://", "postgres://")):
+        from .ledger_postgres import PostgresLedger
 
-    Notes
-    -----
-    Each object holds one connection, guarded by a lock so that threads can share the object.
-    Concurrent writers (other threads' ledgers, other processes) wait up to 30 s for the write
-    lock instead of failing.
+        return PostgresLedger(location)
+    return SQLiteLedger(location)
+
+
+class Ledger:
+    """What the SQLite and the PostgreSQL ledgers share: every method, written once.
+
+    A subclass provides the connection and the dialect: :meth:`_write` (run a function in one
+    write transaction that holds the locks a debit needs, committing on success), :meth:`_snapshot`
+    (one consistent read-only state), :meth:`_next_charge_id`, :meth:`_lock_registrations`, and the
+    few statements that differ (``_FOR_UPDATE``, ``_NO_LIMIT``, ``_INSERT_BOUNDS``). Statements are
+    written with ``?`` placeholders; a subclass whose driver wants others translates them.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = pathlib.Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        # isolation_level=None: the sqlite3 module must not open transactions behind our back;
-        # every write below says exactly where its transaction starts and ends.
-        conn = sqlite3.connect(
-            self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
-            mode = _enable_wal(conn)
-            if mode.lower() != "wal":
-                raise PolicyError(
-                    f"the privacy ledger {self.path} cannot use write-ahead logging (journal mode "
-                    f"{mode!r}); put it on a local disk, e.g. under your home directory"
-                )
-            # FULL: a commit is on disk (WAL fsynced) before COMMIT returns, so a returned charge
-            # survives a crash or power loss.
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
-                conn.execute(statement)
-            added = _add_missing_columns(conn)
-            if ("charges", "hash") in added:
-                _chain_existing_charges(conn)
-            for trigger in _TRIGGERS:
-                conn.execute(trigger)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            conn.close()
-            raise
-        self._conn: sqlite3.Connection | None = conn
+    # Appended to the select of the budget row inside a debit (a row lock, where the database has them).
+    _FOR_UPDATE = ""
+    # The LIMIT that means "all rows".
+    _NO_LIMIT: int | None = -1
+    _INSERT_BOUNDS = (
+        "INSERT OR IGNORE INTO estimated_bounds (name, user, column_name, low, high, epsilon, charge_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    )
 
-    # -- plumbing -------------------------------------------------------------------------------
+    def _write(self, body):
+        """Run ``body(conn)`` in one write transaction and return its result; roll back on any error."""
+        with self._transaction() as conn:
+            return body(conn)
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """Run the body in one write transaction; commit on success, roll back on any error."""
-        with self._lock:
-            conn = self._connection()
-            # IMMEDIATE takes the write lock before the first read, so what we check cannot change
-            # before we write.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+    def _transaction(self):  # pragma: no cover - provided by subclasses
+        raise NotImplementedError
 
-    @contextlib.contextmanager
-    def _snapshot(self) -> Iterator[sqlite3.Connection]:
-        """Run several reads against one consistent state of the file."""
-        with self._lock:
-            conn = self._connection()
-            conn.execute("BEGIN DEFERRED")
-            try:
-                yield conn
-            finally:
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
+    def _snapshot(self):  # pragma: no cover - provided by subclasses
+        raise NotImplementedError
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise PolicyError(f"the privacy ledger {self.path} is closed; open a new SQLiteLedger")
-        return self._conn
+    def _next_charge_id(self, conn) -> int:  # pragma: no cover - provided by subclasses
+        raise NotImplementedError
+
+    def _lock_registrations(self, conn, user: str) -> None:
+        """Serialize registrations of ``user``'s budgets (nothing to do where all writes are serialized)."""
+
+    def close(self) -> None:  # pragma: no cover - provided by subclasses
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # -- budgets --------------------------------------------------------------------------------
 
@@ -513,7 +492,8 @@ class SQLiteLedger:
             )
         _check_delta_cap(delta_cap_units, delta_total)
 
-        with self._transaction() as conn:
+        def register(conn) -> BudgetRecord:
+            self._lock_registrations(conn, user)
             row = conn.execute(_SELECT_BUDGET + " WHERE name = ? AND user = ?", (name, user)).fetchone()
             if row is not None:
                 existing = _budget(row)
@@ -543,20 +523,22 @@ class SQLiteLedger:
                 (name, user, fingerprint, mode, epsilon_total, delta_total, cap_units, created, delta_cap_units,
                  genesis),
             )
-        return BudgetRecord(
-            name=name,
-            user=user,
-            fingerprint=fingerprint,
-            mode=mode,
-            epsilon_total=epsilon_total,
-            delta_total=delta_total,
-            cap_units=cap_units,
-            spent_units=0,
-            created=created,
-            releases=0,
-            delta_cap_units=delta_cap_units,
-            delta_spent_units=0,
-        )
+            return BudgetRecord(
+                name=name,
+                user=user,
+                fingerprint=fingerprint,
+                mode=mode,
+                epsilon_total=epsilon_total,
+                delta_total=delta_total,
+                cap_units=cap_units,
+                spent_units=0,
+                created=created,
+                releases=0,
+                delta_cap_units=delta_cap_units,
+                delta_spent_units=0,
+            )
+
+        return self._write(register)
 
     def budget(self, *, name: str, user: str) -> BudgetRecord:
         """Return the budget of dataset ``name`` for ``user``.
@@ -668,8 +650,13 @@ class SQLiteLedger:
         name, user = _text(name, "name"), _text(user, "user")
         query, mechanism, tier, purpose = (str(query), str(mechanism), str(tier), str(purpose))
 
-        with self._transaction() as conn:
-            row = conn.execute(_SELECT_BUDGET_AND_HEAD + " WHERE name = ? AND user = ?", (name, user)).fetchone()
+        def debit(conn) -> ChargeRecord:
+            # _FOR_UPDATE: where the database locks rows instead of the whole file, the budget row
+            # stays locked until the end of the transaction, so every check below reads a state no
+            # other charge of this budget can change before this one commits.
+            row = conn.execute(
+                _SELECT_BUDGET_AND_HEAD + " WHERE name = ? AND user = ?" + self._FOR_UPDATE, (name, user)
+            ).fetchone()
             if row is None:
                 raise _unknown_budget(conn, name, user)
             record, (head_id, head_hash) = _budget(row), row[12:14]
@@ -680,14 +667,21 @@ class SQLiteLedger:
                     "SELECT COALESCE(SUM(units), 0) FROM charge_tiers WHERE name = ? AND user = ? AND tier = ?",
                     (name, user, capped),
                 ).fetchone()
+                tier_spent = int(tier_spent)
                 if tier_spent + units > cap:
                     raise _tier_exceeded(record, capped, units, tier_spent, cap)
             held = _reserves_held(conn, record, purpose_caps, purpose)
             if held and record.spent_units + units + sum(held.values()) > record.cap_units:
                 raise _purpose_reserved(record, held, units)
+            # Refusals the budget row alone decides, before an id is taken (the conditional UPDATE
+            # below makes the same check again, in the database).
+            if units > record.cap_units - record.spent_units:
+                raise _budget_exceeded(record, units)
+            if delta_units > record.delta_cap_units - record.delta_spent_units:
+                raise _selection_delta_exceeded(record, delta_units)
             # The chain's head was read with the budget, and the next id is read here, both under the
             # write lock like everything else, so that the hash covers the id the row gets.
-            (charge_id,) = conn.execute(_NEXT_CHARGE_ID).fetchone()
+            charge_id = self._next_charge_id(conn)
             when = _now()
             touched = sorted({str(t) for t in tier_caps})
             digest = charge_hash(
@@ -717,32 +711,32 @@ class SQLiteLedger:
                 "INSERT INTO charge_tiers (charge_id, name, user, tier, units) VALUES (?, ?, ?, ?, ?)",
                 [(charge_id, name, user, t, units) for t in touched],
             )
-        return ChargeRecord(
-            id=charge_id,
-            time=when,
-            name=name,
-            user=user,
-            query=query,
-            mechanism=mechanism,
-            epsilon=epsilon,
-            delta=delta,
-            rho=rho,
-            units=units,
-            tier=tier,
-            purpose=purpose,
-            delta_units=delta_units,
-        )
+            return ChargeRecord(
+                id=charge_id,
+                time=when,
+                name=name,
+                user=user,
+                query=query,
+                mechanism=mechanism,
+                epsilon=epsilon,
+                delta=delta,
+                rho=rho,
+                units=units,
+                tier=tier,
+                purpose=purpose,
+                delta_units=delta_units,
+            )
+
+        return self._write(debit)
 
     def record_bounds(self, *, name: str, user: str, column: str, low: float, high: float, epsilon: float,
                       charge_id: int) -> None:
         """Keep the bounds a charged estimate released for ``column`` (the first estimate stays)."""
-        with self._transaction() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO estimated_bounds (name, user, column_name, low, high, epsilon, charge_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (_text(name, "name"), _text(user, "user"), str(column), float(low), float(high), float(epsilon),
-                 int(charge_id)),
-            )
+        values = (_text(name, "name"), _text(user, "user"), str(column), float(low), float(high), float(epsilon),
+                  int(charge_id))
+        if not values[4] > values[3] or math.isnan(values[5]):
+            return  # a row the table's constraints refuse is ignored, as INSERT OR IGNORE does
+        self._write(lambda conn: conn.execute(self._INSERT_BOUNDS, values))
 
     def estimated_bounds(self, *, name: str, user: str) -> dict[str, tuple[float, float, float, int]]:
         """``{column: (low, high, epsilon, charge_id)}`` of the bounds estimated for a budget."""
@@ -760,8 +754,8 @@ class SQLiteLedger:
             rows = conn.execute(
                 "SELECT * FROM (SELECT id, time, name, user, query, mechanism, epsilon, delta, rho, units, tier,"
                 " purpose, delta_units FROM charges WHERE name = ? AND user = ? ORDER BY id DESC LIMIT ?)"
-                " ORDER BY id",
-                (name, user, -1 if last is None else int(last)),
+                " AS recent ORDER BY id",
+                (name, user, self._NO_LIMIT if last is None else int(last)),
             ).fetchall()
         return [
             ChargeRecord(
@@ -828,18 +822,103 @@ class SQLiteLedger:
             ).fetchall()
         return {key: int(total) for key, total in rows}
 
+class SQLiteLedger(Ledger):
+    """Budgets and charges in one SQLite file, safe to share between processes.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The database file. Missing parent directories are created.
+
+    Notes
+    -----
+    Each object holds one connection, guarded by a lock so that threads can share the object.
+    Concurrent writers (other threads' ledgers, other processes) wait up to 30 s for the write
+    lock instead of failing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = pathlib.Path(path).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        # isolation_level=None: the sqlite3 module must not open transactions behind our back;
+        # every write below says exactly where its transaction starts and ends.
+        conn = sqlite3.connect(
+            self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+            mode = _enable_wal(conn)
+            if mode.lower() != "wal":
+                raise PolicyError(
+                    f"the privacy ledger {self.path} cannot use write-ahead logging (journal mode "
+                    f"{mode!r}); put it on a local disk, e.g. under your home directory"
+                )
+            # FULL: a commit is on disk (WAL fsynced) before COMMIT returns, so a returned charge
+            # survives a crash or power loss.
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                conn.execute(statement)
+            added = _add_missing_columns(conn)
+            if ("charges", "hash") in added:
+                _chain_existing_charges(conn)
+            for trigger in _TRIGGERS:
+                conn.execute(trigger)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.close()
+            raise
+        self._conn: sqlite3.Connection | None = conn
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run the body in one write transaction; commit on success, roll back on any error."""
+        with self._lock:
+            conn = self._connection()
+            # IMMEDIATE takes the write lock before the first read, so what we check cannot change
+            # before we write.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """Run several reads against one consistent state of the file."""
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN DEFERRED")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise PolicyError(f"the privacy ledger {self.path} is closed; open a new SQLiteLedger")
+        return self._conn
+
+    def _next_charge_id(self, conn: sqlite3.Connection) -> int:
+        (charge_id,) = conn.execute(_NEXT_CHARGE_ID).fetchone()
+        return charge_id
+
     def close(self) -> None:
         """Close the connection. Calling it again does nothing."""
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-
-    def __enter__(self) -> SQLiteLedger:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"SQLiteLedger({str(self.path)!r})"
@@ -1258,6 +1337,7 @@ def _reserves_held(
             "SELECT COALESCE(SUM(units), 0) FROM charges WHERE name = ? AND user = ? AND purpose = ?",
             (record.name, record.user, reserved),
         ).fetchone()
+        own = int(own)  # PostgreSQL sums integers as numeric
         if record.cap_units - cap > own:
             held[reserved] = record.cap_units - cap - own
     return held

@@ -27,7 +27,7 @@ from .bounds import ESTIMATE_SHARE, EstimatedBounds, bounds_from, estimation_pri
 from .context import current_scope
 from .engine.local import Exact, LocalEngine
 from .errors import BudgetExceededError, PolicyError, PrivacyError, close_match_hint
-from .ledger import UNITS_PER_ONE, BudgetRecord, SQLiteLedger
+from .ledger import UNITS_PER_ONE, BudgetRecord, open_ledger
 from .explain import Explanation
 from .plan import Col, Count, Histogram, Query, Sum, columns_of, describe
 from .policy import Policy
@@ -181,12 +181,10 @@ class Session:
         with self._lock:
             location = ledger_location(self._configured_ledger)
             if self._accountant is None or location != self._ledger_path:
-                if location.startswith(("postgres://", "postgresql://")):
-                    raise PolicyError("a PostgreSQL ledger is not available in guardrail mode; set "
-                                      f"{LEDGER_ENV} to a file path for a SQLite ledger.")
+                ledger = open_ledger(location)  # a file path: SQLite; a postgresql:// URL: PostgreSQL
                 if self._accountant is not None:
                     self._accountant.ledger.close()
-                self._accountant = Accountant(SQLiteLedger(location))
+                self._accountant = Accountant(ledger)
                 self._ledger_path = location
             return self._accountant
 

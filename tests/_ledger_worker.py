@@ -24,7 +24,7 @@ if __name__ == "__main__":
     sys.modules.setdefault("jupyter_dpmagic", _package)
 
 from jupyter_dpmagic.errors import BudgetExceededError, PolicyError  # noqa: E402
-from jupyter_dpmagic.ledger import UNITS_PER_ONE, SQLiteLedger  # noqa: E402
+from jupyter_dpmagic.ledger import UNITS_PER_ONE, SQLiteLedger, open_ledger  # noqa: E402
 
 TENTH = UNITS_PER_ONE // 10
 
@@ -58,7 +58,7 @@ def charge_tenth(ledger: SQLiteLedger, name: str = "visits"):
 
 def race_charges(path: str, barrier, results, attempts: int) -> None:
     """Try ``attempts`` charges of 0.1 once every process is ready; report how many succeeded."""
-    ledger = SQLiteLedger(path)
+    ledger = open_ledger(path)
     barrier.wait(timeout=60)
     succeeded = 0
     for _ in range(attempts):
@@ -80,7 +80,7 @@ def race_unlocked_charges(path: str, barrier, results, attempts: int) -> None:
     interleaving that ``BEGIN IMMEDIATE`` and the conditional ``UPDATE`` exist to rule out, forced
     every time instead of left to chance. A second barrier ends each round after all writes.
     """
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    conn = _raw(path)
     barrier.wait(timeout=60)
     succeeded = 0
     for _ in range(attempts):
@@ -113,13 +113,42 @@ def race_registration(path: str, barrier, results, fingerprint: str) -> None:
     barrier.wait(timeout=60)
     try:
         # After the barrier: the file, its WAL mode and its schema are set up during the race too.
-        with SQLiteLedger(path) as ledger:
+        with open_ledger(path) as ledger:
             record = open_budget(ledger, fingerprint=fingerprint)
         results.put(("created" if record.fingerprint == fingerprint else "other", fingerprint))
     except PolicyError:
         results.put(("refused", fingerprint))
     except Exception as error:  # reported, so that the test fails at once instead of timing out
         results.put((f"error: {error!r}", fingerprint))
+
+
+class _Raw:
+    """A plain autocommit connection to a ledger, taking SQLite's ``?`` statements on either database."""
+
+    def __init__(self, location: str) -> None:
+        self.postgres = location.startswith(("postgresql://", "postgres://"))
+        if self.postgres:
+            import psycopg
+
+            from jupyter_dpmagic.ledger_postgres import _translate
+
+            self._translate = _translate
+            self.conn = psycopg.connect(location, autocommit=True)
+        else:
+            self.conn = sqlite3.connect(location, timeout=30, isolation_level=None)
+
+    def execute(self, statement: str, params=()):
+        if self.postgres:
+            statement = self._translate(statement.replace("BEGIN IMMEDIATE", "BEGIN"))
+            return self.conn.execute(statement, tuple(params) or None)
+        return self.conn.execute(statement, params)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _raw(location: str) -> _Raw:
+    return _Raw(location)
 
 
 def run_race(target, path, extra_args, processes: int = 16) -> list:
@@ -149,7 +178,7 @@ def charge_until_killed(path: str) -> None:
     Charges budgets ``crash-0``, ``crash-1``, ... in turn, opening the next when one is used up, so
     the kills land in registrations and refused charges as well as in charges.
     """
-    ledger = SQLiteLedger(path)
+    ledger = open_ledger(path)
     print("ready", flush=True)
     for k in range(10**6):
         name = f"crash-{k}"
@@ -174,7 +203,7 @@ def main(argv: list[str]) -> None:
     if command == "charge-until-killed":
         charge_until_killed(path)
         return
-    ledger = SQLiteLedger(path)
+    ledger = open_ledger(path)
     record = open_budget(ledger)
     print(json.dumps({"opened": dataclasses.asdict(record)}), flush=True)
     if command == "charge":

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+
+_TESTS = str(Path(__file__).resolve().parent)
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
+
+import _postgres  # noqa: E402
 
 _names = itertools.count()
 
@@ -60,3 +69,29 @@ def protect_hospital(ledger_path, dataset_name, hospital):
         return dp.protect(hospital, **options)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throwaway PostgreSQL server on a unix socket, started once, stopped at the end of the run.
+
+    Skipped when the server binaries or psycopg are missing, unless $DPMAGIC_REQUIRE_POSTGRES is set.
+    """
+    reason = _postgres.unavailable()
+    if reason is not None:
+        if os.environ.get(_postgres.REQUIRE_ENV):
+            pytest.fail(f"{_postgres.REQUIRE_ENV} is set, but {reason}")
+        pytest.skip(reason)
+    cluster = _postgres.start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_location(request, tmp_path):
+    """Where a fresh, empty ledger lives: a SQLite file, or a new database on the test PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.db")
+    return request.getfixturevalue("postgres_cluster").new_database()

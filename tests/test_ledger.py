@@ -1,4 +1,4 @@
-"""Tests of the durable budget store: real SQLite files, real processes."""
+"""Tests of the durable budget store: real SQLite files and PostgreSQL databases, real processes."""
 
 from __future__ import annotations
 
@@ -12,21 +12,22 @@ from pathlib import Path
 import pytest
 
 from jupyter_dpmagic.errors import BudgetExceededError, PolicyError
-from jupyter_dpmagic.ledger import UNITS_PER_ONE, BudgetRecord, ChargeRecord, SQLiteLedger
+from jupyter_dpmagic.ledger import UNITS_PER_ONE, BudgetRecord, ChargeRecord, SQLiteLedger, open_ledger
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:  # so that spawned children can import the worker module too
     sys.path.insert(0, str(TESTS))
 
 import _ledger_worker as worker  # noqa: E402
+from _postgres import Raw, is_postgres  # noqa: E402
 
 TENTH = UNITS_PER_ONE // 10
 WORKER = TESTS / "_ledger_worker.py"
 
 
 @pytest.fixture
-def ledger(tmp_path):
-    with SQLiteLedger(tmp_path / "sub" / "ledger.db") as opened:
+def ledger(ledger_location):
+    with open_ledger(ledger_location) as opened:
         yield opened
 
 
@@ -297,8 +298,8 @@ def _worker_json(*args):
     return lines[0]["opened"], lines[-1]["after"]
 
 
-def test_budget_survives_restart(tmp_path):
-    path = tmp_path / "ledger.db"
+def test_budget_survives_restart(ledger_location):
+    path = ledger_location
     opened, after = _worker_json("charge", path, 3)
     assert (opened["spent_units"], after["spent_units"], after["releases"]) == (0, 3 * TENTH, 3)
     # A second process opening the same (name, user, data) finds the budget as it was left.
@@ -308,12 +309,12 @@ def test_budget_survives_restart(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
-def test_charge_is_on_disk_when_it_returns(tmp_path):
-    path = tmp_path / "ledger.db"
+def test_charge_is_on_disk_when_it_returns(ledger_location):
+    path = ledger_location
     done = _run_worker("charge-then-die", path)
     assert done.returncode == -signal.SIGKILL  # killed without any cleanup
     charge_id = json.loads(done.stdout.splitlines()[1])["charge_id"]
-    with SQLiteLedger(path) as ledger:
+    with open_ledger(path) as ledger:
         assert [c.id for c in ledger.history(name="visits", user="alice")] == [charge_id]
         assert ledger.budget(name="visits", user="alice").spent_units == TENTH
 
@@ -322,11 +323,79 @@ def test_charge_is_on_disk_when_it_returns(tmp_path):
 # test_ledger_integrity.py with the other integrity tests.
 
 
-def test_racing_registrations_create_one_budget(tmp_path):
-    path = tmp_path / "fresh" / "ledger.db"  # the file itself is created during the race
+def test_racing_registrations_create_one_budget(ledger_location):
+    path = ledger_location  # the file (or the database's tables) is created during the race
     outcomes = worker.run_race(worker.race_registration, path, [f"fp-{i}" for i in range(8)], processes=8)
     created = [fp for outcome, fp in outcomes if outcome == "created"]
-    assert len(created) == 1
+    assert len(created) == 1, outcomes
     assert sorted(outcome for outcome, _ in outcomes) == ["created"] + ["refused"] * 7
-    with SQLiteLedger(path) as ledger:
+    with open_ledger(path) as ledger:
         assert [b.fingerprint for b in ledger.budgets(user="alice")] == created
+
+
+# -- choosing the ledger, and what is particular to PostgreSQL --------------------------------------
+
+
+def test_open_ledger_picks_the_database_by_location(tmp_path, ledger_location):
+    with open_ledger(ledger_location) as ledger:
+        kind = "PostgresLedger" if is_postgres(ledger_location) else "SQLiteLedger"
+        assert type(ledger).__name__ == kind and repr(ledger).startswith(kind + "(")
+    ledger.close()  # closing twice is harmless
+    with pytest.raises(PolicyError, match="closed"):
+        ledger.budgets(user="alice")
+
+
+def test_postgres_url_without_psycopg_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if it were not installed
+    for url in ("postgresql://steward:secret@db.example/ledger", "postgres:///ledger"):
+        with pytest.raises(PolicyError, match=r"pip install jupyter-dpmagic\[postgres\]") as caught:
+            open_ledger(url)
+        assert "secret" not in str(caught.value)
+
+
+def test_unreachable_postgres_is_a_policy_error(tmp_path):
+    pytest.importorskip("psycopg")
+    with pytest.raises(PolicyError, match="cannot connect to the privacy ledger") as caught:
+        open_ledger(f"postgresql://alice:secret@/ledger?host={tmp_path}&connect_timeout=2")
+    assert "secret" not in str(caught.value)
+
+
+def test_postgres_commits_are_synchronous(postgres_cluster):
+    with open_ledger(postgres_cluster.new_database()) as ledger:
+        assert ledger._conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+        assert ledger._conn.execute("SHOW fsync").fetchone()[0] == "on"
+        assert ledger._conn.execute("SHOW lock_timeout").fetchone()[0] == "30s"
+
+
+def test_postgres_retries_a_serialization_failure_once_and_charges_once(postgres_cluster):
+    import psycopg
+
+    with open_ledger(postgres_cluster.new_database()) as ledger:
+        worker.open_budget(ledger)
+        real, failures = ledger._next_charge_id, []
+
+        def fail_first(conn):
+            taken = real(conn)
+            if not failures:
+                failures.append(taken)
+                raise psycopg.errors.SerializationFailure("could not serialize access")
+            return taken
+
+        ledger._next_charge_id = fail_first
+        charge = _charge(ledger)
+        assert failures and charge.id == failures[0] + 1  # the first attempt's id is a gap, nothing more
+        assert _state(ledger) == (TENTH, 1, 1)
+        assert ledger.verify(name="visits", user="alice").ok
+
+
+def test_postgres_schema_is_created_once_and_shared(postgres_cluster):
+    url = postgres_cluster.new_database()
+    with open_ledger(url) as first, open_ledger(url) as second:
+        worker.open_budget(first)
+        _charge(second)
+        assert _state(first) == (TENTH, 1, 1)
+    with Raw(url) as raw:
+        triggers = {r[0] for r in raw.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")}
+        with pytest.raises(Exception, match="append-only"):
+            raw.execute("TRUNCATE charges CASCADE")
+    assert {"charges_no_update", "charges_no_delete", "charges_no_truncate", "budgets_only_grow"} <= triggers

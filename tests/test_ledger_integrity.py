@@ -1,5 +1,8 @@
 """Integrity of the budget ledger: racing processes, killed processes, and edits of the file.
 
+Each runs against a SQLite file and against a PostgreSQL database (files from before the chain
+exist only for SQLite).
+
 * Concurrency: 16 processes x 25 attempts of 0.1 against a cap of 1.0, released together by a
   barrier: exactly 10 succeed, every repetition; with the locking removed the same race overspends.
 * Crash: a charging process killed with SIGKILL at random points, 100 times: never more spent than
@@ -22,13 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_dpmagic.ledger import UNITS_PER_ONE, ChainReport, SQLiteLedger, charge_hash
+from jupyter_dpmagic.ledger import UNITS_PER_ONE, ChainReport, SQLiteLedger, charge_hash, open_ledger
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:  # so that spawned children can import the worker module too
     sys.path.insert(0, str(TESTS))
 
 import _ledger_worker as worker  # noqa: E402
+from _postgres import Raw, integrity_error, tamper  # noqa: E402
 from test_reserves import _old_ledger  # noqa: E402  (a ledger file in the schema before reserves)
 
 TENTH = UNITS_PER_ONE // 10
@@ -36,8 +40,8 @@ WORKER = TESTS / "_ledger_worker.py"
 
 
 @pytest.fixture
-def path(tmp_path):
-    return tmp_path / "ledger.db"
+def path(ledger_location):
+    return ledger_location
 
 
 def _charge(ledger, units=TENTH, *, name="visits", epsilon=0.1, query="count", tier="default", tiers=None):
@@ -48,7 +52,7 @@ def _charge(ledger, units=TENTH, *, name="visits", epsilon=0.1, query="count", t
 
 
 def _verify(path, name="visits") -> ChainReport:
-    with SQLiteLedger(path) as ledger:
+    with open_ledger(path) as ledger:
         return ledger.verify(name=name, user="alice")
 
 
@@ -62,20 +66,13 @@ def _budget_problems(report: ChainReport) -> list[str]:
 
 
 def _tamper(path, *statements, params=()):
-    """Change the file as someone with a SQLite shell would: triggers dropped first, no foreign keys."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        for (trigger,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
-            conn.execute(f"DROP TRIGGER {trigger}")
-        for statement in statements:
-            conn.execute(statement, params)
-    finally:
-        conn.close()
+    """Change the ledger as someone with a database shell would: triggers dropped first, no foreign keys."""
+    tamper(str(path), *statements, params=params)
 
 
 def _four_charges(path):
     """Budget 'visits' with charges #1, #2, #4, #5 and budget 'other' with #3; returns their ids."""
-    with SQLiteLedger(path) as ledger:
+    with open_ledger(path) as ledger:
         worker.open_budget(ledger)
         worker.open_budget(ledger, name="other", fingerprint="fp-other")
         ids = [_charge(ledger, query="count").id, _charge(ledger, 2 * TENTH, query="mean(age)", epsilon=0.2).id]
@@ -95,7 +92,7 @@ def test_intact_ledger_verifies(path):
     assert report.summary == "chain intact: 4 charges, spent matches"
     assert (report.charges, report.spent_units, report.charged_units) == (4, 5 * TENTH, 5 * TENTH)
     assert _verify(path, "other").summary == "chain intact: 1 charge, spent matches"
-    with SQLiteLedger(path) as ledger:
+    with open_ledger(path) as ledger:
         worker.open_budget(ledger, name="empty", fingerprint="fp-empty")
         assert ledger.verify(name="empty", user="alice").summary == "chain intact: 0 charges, spent matches"
         rows = ledger._conn.execute("SELECT id, prev_id, prev_hash, hash FROM charges WHERE name = 'visits'"
@@ -121,9 +118,9 @@ def test_triggers_keep_the_charges_append_only(path):
         "UPDATE budgets SET epsilon_total = 100.0 WHERE name = 'visits'",
         "DELETE FROM budgets WHERE name = 'other'",
     ]
-    with SQLiteLedger(path) as ledger:
+    with open_ledger(path) as ledger:
         for statement in refused:
-            with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            with pytest.raises(integrity_error(path), match="append-only"):
                 ledger._conn.execute(statement)
         _charge(ledger)  # charging still works: spent grows, the head moves
     report = _verify(path)
@@ -180,7 +177,7 @@ def test_rewritten_rows_with_their_own_hash_are_still_found(path):
     # and slips in a charge whose hash and link are right for the chain's middle.
     _four_charges(path)
     _tamper(path, "DELETE FROM charges WHERE id = 3")  # frees an id between #2 and #4 ('other')
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = Raw(path)
     row = conn.execute("SELECT time, prev_id, prev_hash FROM charges WHERE id = 2").fetchone()
     fields = dict(name="visits", user="alice", query="mean(age)", mechanism="laplace", epsilon=0.2, delta=0.0,
                   rho=None, tier="default", purpose="test", delta_units=0, tiers=["default"])
@@ -300,16 +297,15 @@ def test_history_verify_through_api_and_magic(ledger_path, protect_hospital, dat
 # -- concurrency -----------------------------------------------------------------------------------
 
 
-def _race_on_fresh_budget(tmp_path, run):
-    path = tmp_path / f"race-{run}.db"
-    with SQLiteLedger(path) as ledger:
+def _race_on_fresh_budget(path, run):
+    with open_ledger(path) as ledger:
         worker.open_budget(ledger)
     return path, worker.run_race(worker.race_charges, path, [25] * 16)
 
 
 def _check_race(path, successes):
     assert sum(successes) == 10, successes
-    with SQLiteLedger(path) as ledger:
+    with open_ledger(path) as ledger:
         history = ledger.history(name="visits", user="alice")
         assert ledger.budget(name="visits", user="alice").spent_units == UNITS_PER_ONE
         assert len(history) == 10 and sum(c.units for c in history) == UNITS_PER_ONE
@@ -317,37 +313,35 @@ def _check_race(path, successes):
 
 
 @pytest.mark.parametrize("run", range(5))
-def test_racing_processes_spend_exactly_the_cap(tmp_path, run):
-    _check_race(*_race_on_fresh_budget(tmp_path, run))
+def test_racing_processes_spend_exactly_the_cap(ledger_location, run):
+    _check_race(*_race_on_fresh_budget(ledger_location, run))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("run", range(40))
-def test_racing_processes_spend_exactly_the_cap_many_times(tmp_path, run):
-    _check_race(*_race_on_fresh_budget(tmp_path, run))
+def test_racing_processes_spend_exactly_the_cap_many_times(ledger_location, run):
+    _check_race(*_race_on_fresh_budget(ledger_location, run))
 
 
-def test_the_same_race_without_locking_overspends(tmp_path):
-    _unlocked_race(tmp_path)
+def test_the_same_race_without_locking_overspends(ledger_location):
+    _unlocked_race(ledger_location)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("run", range(5))
-def test_the_same_race_without_locking_overspends_every_time(tmp_path, run):
-    _unlocked_race(tmp_path)
+def test_the_same_race_without_locking_overspends_every_time(ledger_location, run):
+    _unlocked_race(ledger_location)
 
 
-def _unlocked_race(tmp_path):
+def _unlocked_race(path):
     # The race above is a real race: with the check made before the write instead of in the UPDATE
     # under the write lock, and every process checking before any writes (the barrier sits between
     # check and write, so this is certain, not likely), the processes spend far more than the cap.
-    path = tmp_path / "unlocked.db"
-    with SQLiteLedger(path) as ledger:
+    with open_ledger(path) as ledger:
         worker.open_budget(ledger)
     successes = worker.run_race(worker.race_unlocked_charges, path, [25] * 16)
-    conn = sqlite3.connect(path)
-    (charged,) = conn.execute("SELECT SUM(units) FROM charges").fetchone()
-    conn.close()
+    with Raw(path) as conn:
+        (charged,) = conn.execute("SELECT SUM(units) FROM charges").fetchone()
     # each of 10 rounds: all 16 see the same spent amount, all 16 find 0.1 fits, all 16 write
     assert successes == [10] * 16 and charged == 160 * TENTH > UNITS_PER_ONE
     report = _verify(path)  # the ledger's own check shows the damage too
@@ -388,18 +382,16 @@ def _crash_many_times(path, kills, seed):
     returned = []
     for _ in range(kills):
         returned += _kill_at_random(path, rng, env)
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    with Raw(path) as conn:
+        if not conn.postgres:  # the server checks its pages and foreign keys itself
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+            assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         recorded = {r[0] for r in conn.execute("SELECT id FROM charges")}
         budgets = conn.execute("SELECT name, cap_units, spent_units FROM budgets").fetchall()
-    finally:
-        conn.close()
     assert set(returned) <= recorded  # no charge whose value was returned is lost
     assert len(returned) == len(set(returned))
     assert budgets and all(spent <= cap for _, cap, spent in budgets)
-    with SQLiteLedger(path) as ledger:
+    with open_ledger(path) as ledger:
         for name, _, _ in budgets:
             report = ledger.verify(name=name, user="alice")
             assert report.ok, report.summary
@@ -407,12 +399,12 @@ def _crash_many_times(path, kills, seed):
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
-def test_killed_charging_process_loses_nothing_and_never_overspends(tmp_path):
-    returned, recorded, budgets = _crash_many_times(tmp_path / "crash.db", kills=100, seed=20240611)
+def test_killed_charging_process_loses_nothing_and_never_overspends(ledger_location):
+    returned, recorded, budgets = _crash_many_times(ledger_location, kills=100, seed=20240611)
     assert len(returned) > 100 and len(budgets) > 2  # the kills landed among many charges and budgets
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
-def test_killed_charging_process_many_more_times(tmp_path):
-    _crash_many_times(tmp_path / "crash.db", kills=500, seed=random.randrange(2**32))
+def test_killed_charging_process_many_more_times(ledger_location):
+    _crash_many_times(ledger_location, kills=500, seed=random.randrange(2**32))

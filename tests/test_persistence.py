@@ -34,8 +34,9 @@ def _run(code, *args, env):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_budget_survives_a_restart(ledger_path):
-    env = dict(os.environ, DPMAGIC_LEDGER=str(ledger_path))
+def test_budget_survives_a_restart(ledger_location, monkeypatch):
+    monkeypatch.setenv("DPMAGIC_LEDGER", ledger_location)  # a SQLite file, then a PostgreSQL database
+    env = dict(os.environ)
     first = _run(WORKER, "0.3", env=env)
     second = _run(WORKER, "0.2", env=env)  # a new process: same data, same name, same user
     assert first == {"before": 0.0, "after": pytest.approx(0.3)}
@@ -74,7 +75,14 @@ def _racer(ledger, barrier, results):
 
 @pytest.mark.parametrize("round_", range(2))
 def test_racing_processes_never_exceed_the_budget(tmp_path, round_):
-    ledger = str(tmp_path / "race.sqlite")
+    _race(str(tmp_path / "race.sqlite"))
+
+
+def test_racing_processes_never_exceed_a_postgres_budget(postgres_cluster):
+    _race(postgres_cluster.new_database())
+
+
+def _race(ledger):
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(8), ctx.Queue()
     procs = [ctx.Process(target=_racer, args=(ledger, barrier, results)) for _ in range(8)]

@@ -1,6 +1,7 @@
 """Tests of the budget's reserves: the delta kept for partition selection and the shares kept for a purpose.
 
-Every test runs against a real SQLite file.
+Every test runs against a real SQLite file; those of the ledger and the accountant also against a
+PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from jupyter_dpmagic.accountant import (
     units_floor,
 )
 from jupyter_dpmagic.errors import BudgetExceededError, PolicyError
-from jupyter_dpmagic.ledger import DELTA_UNITS_PER_ONE, UNITS_PER_ONE, SQLiteLedger
+from jupyter_dpmagic.ledger import DELTA_UNITS_PER_ONE, UNITS_PER_ONE, SQLiteLedger, open_ledger
 
 TENTH = UNITS_PER_ONE // 10
 
@@ -72,8 +73,8 @@ CREATE INDEX IF NOT EXISTS charge_tiers_by_tier ON charge_tiers (name, user, tie
 
 
 @pytest.fixture
-def ledger(tmp_path):
-    with SQLiteLedger(tmp_path / "ledger.db") as opened:
+def ledger(ledger_location):
+    with open_ledger(ledger_location) as opened:
         yield opened
 
 
@@ -122,11 +123,11 @@ def _footprint(ledger, name="visits"):
 # -- the delta reserve in the ledger -----------------------------------------------------------
 
 
-def test_delta_reserve_is_stored_and_read_back(ledger, tmp_path):
+def test_delta_reserve_is_stored_and_read_back(ledger, ledger_location):
     record = _open_zcdp(ledger, delta_cap_units=10**11)
     assert (record.delta_cap_units, record.delta_spent_units) == (10**11, 0)
     assert record.conversion_delta == pytest.approx(9e-7, rel=1e-12)
-    with SQLiteLedger(tmp_path / "ledger.db") as again:
+    with open_ledger(ledger_location) as again:
         stored = again.budget(name="visits", user="alice")
     assert (stored.delta_cap_units, stored.delta_spent_units) == (10**11, 0)
     assert stored.conversion_delta == record.conversion_delta
@@ -199,9 +200,11 @@ def test_invalid_delta_units_are_refused(ledger, bad):
     assert _footprint(ledger) == before
 
 
-def test_schema_refuses_spending_past_the_delta_reserve(ledger):
+def test_schema_refuses_spending_past_the_delta_reserve(ledger, ledger_location):
+    from _postgres import integrity_error
+
     _open_zcdp(ledger, delta_cap_units=5)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(integrity_error(ledger_location)):
         ledger._conn.execute("UPDATE budgets SET delta_spent_units = 6")
 
 
