@@ -296,6 +296,28 @@ def ks_fit(noise, law, alpha: float, name=None) -> Check:
                  f"D <= {crit:.4f} (KS quantile at {alpha:.2g})")
 
 
+def finite_releases(kinds: dict, n: int, epsilon: float = 1.0) -> Check:
+    """Run each release of ``kinds`` ``n`` times: no value or interval bound may be NaN or infinite."""
+    bad = []
+    with dp.spending(epsilon=epsilon):
+        for kind, release in kinds.items():
+            for _ in range(n):
+                try:
+                    r = release()
+                except Exception as exc:  # noqa: BLE001 - a release that fails is not a finite release
+                    bad.append(f"{kind}: {type(exc).__name__}: {exc}")
+                    break
+                parts = [np.asarray(r, dtype=float)]
+                info = getattr(r, "_dp", None)
+                if info is not None and info.ci_low is not None:
+                    parts += [np.asarray(info.ci_low, dtype=float), np.asarray(info.ci_high, dtype=float)]
+                if not all(np.all(np.isfinite(p)) for p in parts):
+                    bad.append(f"{kind}: {r!r}")
+                    break
+    return Check("releases and intervals are finite", not bad, "; ".join(bad) or f"{len(kinds)} kinds x {n}",
+                 "no NaN, no infinity, no failure")
+
+
 def require(*checks: Check) -> None:
     """Assert every check passed, showing all of them."""
     text = "\n".join(map(str, checks))

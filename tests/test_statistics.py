@@ -35,7 +35,7 @@ from jupyter_dpmagic.accountant import SELECTION_DELTA_SHARE  # noqa: E402
 from jupyter_dpmagic.engine.local import LocalEngine  # noqa: E402
 from _stats import (  # noqa: E402,F401
     LIMIT, TEST_ALPHA, Broken, Check, DiscreteGaussian, DiscreteLaplace, binned_fit, counts_fit,
-    coverage_at_least, coverage_at_most, draw, fast_ledger, ks_fit, noisy_max_probabilities, protect,
+    coverage_at_least, coverage_at_most, draw, fast_ledger, finite_releases, ks_fit, noisy_max_probabilities, protect,
     reject, require, zcdp_rho_cap,
 )
 
@@ -467,24 +467,7 @@ def _finite_releases(n=25) -> Check:
         "empty_mean": lambda: nothing["value"].mean(), "empty_var": lambda: nothing["value"].var(),
         "empty_median": lambda: nothing["value"].median(), "empty_count": lambda: len(nothing),
     }
-    bad = []
-    with dp.spending(epsilon=1.0):
-        for kind, release in kinds.items():
-            for _ in range(n):
-                try:
-                    r = release()
-                except Exception as exc:  # noqa: BLE001 - a release that fails is not a finite release
-                    bad.append(f"{kind}: {type(exc).__name__}: {exc}")
-                    break
-                parts = [np.asarray(r, dtype=float)]
-                info = getattr(r, "_dp", None)
-                if info is not None and info.ci_low is not None:
-                    parts += [np.asarray(info.ci_low, dtype=float), np.asarray(info.ci_high, dtype=float)]
-                if not all(np.all(np.isfinite(p)) for p in parts):
-                    bad.append(f"{kind}: {r!r}")
-                    break
-    return Check("releases and intervals are finite", not bad, "; ".join(bad) or f"{len(kinds)} kinds x {n}",
-                 "no NaN, no infinity, no failure")
+    return finite_releases(kinds, n)
 
 
 def test_releases_never_nan_or_infinite():
