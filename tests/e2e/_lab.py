@@ -74,6 +74,16 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _signal_alive(pids, sig) -> None:
+    """Send ``sig`` to each of ``pids`` still alive (one may end between the check and the signal)."""
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -172,21 +182,11 @@ class LabServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
-        for pid in started:
-            if _alive(pid):
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+        _signal_alive(started, signal.SIGTERM)
         deadline = time.monotonic() + 5
         while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
             time.sleep(0.1)
-        for pid in started:
-            if _alive(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        _signal_alive(started, signal.SIGKILL)
         if self._log is not None:
             self._log.close()
         self.process = None
