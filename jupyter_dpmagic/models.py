@@ -68,7 +68,7 @@ class _Spec:
 SUPPORTED = {
     "LogisticRegression": _Spec(("C", "max_iter", "fit_intercept", "tol"), True, "classes", ("data_norm",)),
     "LinearRegression": _Spec(("fit_intercept",), True, "bounds", ("bounds_X",)),
-    "GaussianNB": _Spec(("priors", "var_smoothing"), True, "classes", ("bounds",)),
+    "GaussianNB": _Spec(("priors", "var_smoothing"), True, "classes"),  # fitted by _fit_gaussian_nb
     "KMeans": _Spec(("n_clusters",), False, "", ("bounds",), solver=("n_init", "algorithm")),
     "PCA": _Spec(("n_components",), False, "", ("bounds", "data_norm"),
                  solver=("svd_solver", "tol", "iterated_power", "n_oversamples", "power_iteration_normalizer")),
@@ -123,10 +123,10 @@ def fit_private(estimator, X, y=None, *, epsilon=None, sample_weight=None):
     features, label, where = _columns(name, spec, X, y)
     options = _hyper_parameters(estimator, spec)
     dataset = X._ds
-    constructor = _constructor_arguments(dataset, spec, features, label)
     describe_text = f"{name}({features.text()}" + (f" -> {label})" if label else ")")
     if name == "GaussianNB":
         return _fit_gaussian_nb(estimator, options, dataset, features, label, where, epsilon, describe_text)
+    constructor = _constructor_arguments(dataset, spec, features, label)
 
     def fit(rows, budget):
         return _fit_diffprivlib(name, {**options, **constructor}, rows, features, label, spec, budget, dataset)
