@@ -45,13 +45,14 @@ from fractions import Fraction
 
 
 from .errors import BudgetExceededError, PolicyError
-from .ledger import DELTA_UNITS_PER_ONE, UNITS_PER_ONE, BudgetRecord, ChargeRecord, SQLiteLedger
+from .ledger import DELTA_UNITS_PER_ONE, UNITS_PER_ONE, BudgetRecord, ChargeRecord, DatasetCap, SQLiteLedger
 
 __all__ = [
     "SELECTION_DELTA_SHARE",
     "SELECTION_RELEASES",
     "Accountant",
     "BudgetStatus",
+    "DatasetBudget",
     "Cost",
     "check_delta",
     "check_epsilon",
@@ -551,6 +552,52 @@ class BudgetStatus:
         return "".join(parts) + "</div>"
 
 
+@dataclass(frozen=True, repr=False)
+class DatasetBudget:
+    """What all users of one dataset have spent together of its dataset-wide budget.
+
+    Attributes
+    ----------
+    name, mode : str
+        The dataset and the kind of its budget (``"pure"`` or ``"zcdp"``).
+    epsilon_total, delta_total : float
+        The dataset-wide guarantee.
+    epsilon_spent, epsilon_remaining : float
+        In epsilon; for zCDP the share of ``epsilon_total`` the rho spent stands for (as
+        :attr:`BudgetStatus.epsilon_share_spent`), so that they add up to ``epsilon_total``.
+    users, releases : int
+        Budgets (users) of the dataset, and the releases charged to all of them.
+    """
+
+    name: str
+    mode: str
+    epsilon_total: float
+    delta_total: float
+    epsilon_spent: float
+    epsilon_remaining: float
+    users: int
+    releases: int
+
+    def _cells(self) -> tuple[str, ...]:
+        kind = "pure epsilon" if self.mode == "pure" else "zCDP"
+        return (self.name, kind, _num(self.epsilon_total), _num(self.epsilon_spent), _num(self.epsilon_remaining),
+                _num(self.delta_total), str(self.users), str(self.releases))
+
+    def __str__(self) -> str:
+        name, kind, total, spent, left, delta, users, releases = self._cells()
+        delta_text = f", delta {delta}" if self.delta_total else ""
+        return (f"Dataset-wide budget {self.name!r} ({kind}{delta_text}): epsilon {spent} of {total} spent, "
+                f"{left} left, by {users} analyst{'' if self.users == 1 else 's'} in {releases} "
+                f"release{'' if self.releases == 1 else 's'}")
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        header = ("dataset-wide budget", "accounting", "epsilon total", "epsilon spent", "epsilon left", "delta",
+                  "analysts", "releases")
+        return _html_table(header, [self._cells()])
+
+
 def _aligned(table: list[tuple[str, ...]]) -> list[str]:
     """Text lines of a table: first column left-aligned, the numbers right-aligned."""
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -621,24 +668,7 @@ class Accountant:
         PolicyError
             For invalid amounts, or as :meth:`SQLiteLedger.open_budget` does.
         """
-        epsilon = check_epsilon(epsilon)
-        delta = check_delta(delta)
-        if delta == 0:
-            mode, cap_units, delta_cap_units = "pure", units_floor(epsilon), 0
-        else:
-            mode = "zcdp"
-            delta_cap_units = math.floor(
-                _decimal(delta) * _decimal(SELECTION_DELTA_SHARE) * DELTA_UNITS_PER_ONE
-            )
-            # In floating point the conversion delta may exceed delta minus the reserve by half an
-            # ulp (a relative 1e-16); the relative 1e-9 that epsilon_delta_to_rho gives up on rho
-            # covers that many times over.
-            cap_units = units_floor(epsilon_delta_to_rho(epsilon, delta * (1 - SELECTION_DELTA_SHARE)))
-        if cap_units == 0:
-            raise PolicyError(
-                f"epsilon={epsilon!r} with delta={delta!r} is too small to allow any release; "
-                "pass e.g. epsilon=1.0"
-            )
+        epsilon, delta, mode, cap_units, delta_cap_units = _budget_units(epsilon, delta)
         return self.ledger.open_budget(
             name=name,
             user=user,
@@ -648,6 +678,56 @@ class Accountant:
             delta_total=delta,
             cap_units=cap_units,
             delta_cap_units=delta_cap_units,
+        )
+
+    def open_dataset(self, *, name: str, epsilon: float, delta: float) -> DatasetCap:
+        """Register the dataset-wide budget of ``(epsilon, delta)`` for dataset ``name``, or return it.
+
+        All users' budgets of ``name`` together may spend no more than a budget of ``(epsilon,
+        delta)`` opened with :meth:`open` could: the cap, its mode and its delta reserve are
+        computed exactly as :meth:`open` computes them. Users' budgets of the dataset must have the
+        same mode (delta 0 or not) as the cap.
+
+        Returns
+        -------
+        DatasetCap
+            With what the dataset's budgets have spent so far.
+
+        Raises
+        ------
+        PolicyError
+            For invalid amounts, or as :meth:`SQLiteLedger.set_dataset_cap` does (a dataset-wide
+            budget is fixed once registered).
+        """
+        epsilon, delta, mode, cap_units, delta_cap_units = _budget_units(epsilon, delta)
+        return self.ledger.set_dataset_cap(
+            name=name,
+            mode=mode,
+            epsilon_total=epsilon,
+            delta_total=delta,
+            cap_units=cap_units,
+            delta_cap_units=delta_cap_units,
+        )
+
+    def dataset_status(self, name: str) -> DatasetBudget | None:
+        """Return what all users together have spent and left of dataset ``name``, or None if uncapped.
+
+        Amounts are in epsilon: for a zCDP cap, the share of ``epsilon_total`` the rho spent stands
+        for (as :attr:`BudgetStatus.epsilon_share_spent`).
+        """
+        cap = self.ledger.dataset_cap(name=name)
+        if cap is None:
+            return None
+        spent = _asked(cap, cap.spent_units)
+        return DatasetBudget(
+            name=cap.name,
+            mode=cap.mode,
+            epsilon_total=cap.epsilon_total,
+            delta_total=cap.delta_total,
+            epsilon_spent=spent,
+            epsilon_remaining=max(0.0, cap.epsilon_total - spent),
+            users=cap.users,
+            releases=cap.releases,
         )
 
     def units(self, record: BudgetRecord, cost: Cost) -> int:
@@ -801,8 +881,9 @@ class Accountant:
                 purpose_caps=purpose_caps,
             )
         except BudgetExceededError as error:
-            # The delta reserve's message is already in delta, and pure budgets count in epsilon.
-            if record.mode == "pure" or getattr(error, "limit", None) == "selection_delta":
+            # The delta reserve's message is already in delta, the dataset-wide cap's in epsilon
+            # (its own share), and pure budgets count in epsilon.
+            if record.mode == "pure" or getattr(error, "limit", None) in ("selection_delta", "dataset"):
                 raise
             raise self._in_epsilon(record, cost, error) from None
 
@@ -1002,7 +1083,34 @@ class Accountant:
         }
 
 
-def _asked(record: BudgetRecord, units: int) -> float:
+def _budget_units(epsilon: float, delta: float) -> tuple[float, float, str, int, int]:
+    """``(epsilon, delta, mode, cap_units, delta_cap_units)`` of a budget of ``(epsilon, delta)``.
+
+    A zCDP budget splits its delta in two. ``SELECTION_DELTA_SHARE`` of it (rounded down to whole
+    units of ``1 / DELTA_UNITS_PER_ONE``) is reserved for releases that spend a delta of their
+    own; the rest is the conversion delta, at which the rho cap is the largest rho whose zCDP
+    guarantee implies ``(epsilon, conversion delta)``-DP. A pure budget has no reserve.
+    """
+    epsilon = check_epsilon(epsilon)
+    delta = check_delta(delta)
+    if delta == 0:
+        mode, cap_units, delta_cap_units = "pure", units_floor(epsilon), 0
+    else:
+        mode = "zcdp"
+        delta_cap_units = math.floor(_decimal(delta) * _decimal(SELECTION_DELTA_SHARE) * DELTA_UNITS_PER_ONE)
+        # In floating point the conversion delta may exceed delta minus the reserve by half an
+        # ulp (a relative 1e-16); the relative 1e-9 that epsilon_delta_to_rho gives up on rho
+        # covers that many times over.
+        cap_units = units_floor(epsilon_delta_to_rho(epsilon, delta * (1 - SELECTION_DELTA_SHARE)))
+    if cap_units == 0:
+        raise PolicyError(
+            f"epsilon={epsilon!r} with delta={delta!r} is too small to allow any release; "
+            "pass e.g. epsilon=1.0"
+        )
+    return epsilon, delta, mode, cap_units, delta_cap_units
+
+
+def _asked(record: BudgetRecord | DatasetCap, units: int) -> float:
     """The epsilon releases ask for to spend ``units``: epsilon itself, or their share of the rho cap."""
     if record.mode == "pure":
         return units / UNITS_PER_ONE

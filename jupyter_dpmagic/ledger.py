@@ -42,6 +42,13 @@ Guarantees
   key either: whoever knows this module can rewrite a whole chain consistently. It shows edits made
   with ordinary database tools; to rule out a rewritten chain, note the head hash that
   :meth:`SQLiteLedger.verify` reports somewhere the analyst cannot write, and compare later.
+* A dataset may also have a *dataset-wide cap* (table ``dataset_caps``, one row per dataset name,
+  never changed or deleted): what all its users' budgets have spent together, and what their delta
+  reserves have spent together, must stay within it. The amounts spent are not stored a second
+  time; they are the sums over the dataset's budget rows. A charge of a capped dataset locks every
+  budget row of the dataset, in the order of their users, before its own, and checks those sums in
+  the same transaction as its debit, so charges of different users racing on one dataset never take
+  it past the cap either.
 * Files written before the delta reserve existed are upgraded when opened: the missing columns are
   added with their defaults, so their budgets keep their caps and simply have no delta reserve.
 * Files written before the hash chain existed are upgraded when opened, once: the chain columns are
@@ -76,6 +83,7 @@ __all__ = [
     "ChargeRecord",
     "ChainProblem",
     "ChainReport",
+    "DatasetCap",
     "Ledger",
     "SQLiteLedger",
     "budget_genesis",
@@ -152,6 +160,17 @@ CREATE TABLE IF NOT EXISTS charge_tiers (
     units     INTEGER NOT NULL CHECK (units > 0),
     PRIMARY KEY (charge_id, tier)
 );
+-- The dataset-wide cap of a dataset: all budgets of the name together, whoever their user. What has
+-- been spent of it is the sum over those budgets, never stored here.
+CREATE TABLE IF NOT EXISTS dataset_caps (
+    name            TEXT    NOT NULL PRIMARY KEY,
+    mode            TEXT    NOT NULL CHECK (mode IN ('pure', 'zcdp')),
+    epsilon_total   REAL    NOT NULL,
+    delta_total     REAL    NOT NULL,
+    cap_units       INTEGER NOT NULL CHECK (cap_units > 0),
+    delta_cap_units INTEGER NOT NULL DEFAULT 0 CHECK (delta_cap_units >= 0),
+    created         TEXT    NOT NULL
+);
 CREATE INDEX IF NOT EXISTS charge_tiers_by_tier ON charge_tiers (name, user, tier, units);
 -- Bounds released by a DP estimate (what the charge charge_id paid for), reused by later releases
 -- on the same data, so that an estimate is paid for once, also across restarts.
@@ -202,6 +221,10 @@ _TRIGGERS = (
     f"""CREATE TRIGGER IF NOT EXISTS budgets_fixed BEFORE UPDATE OF name, user, fingerprint, mode, epsilon_total,
     delta_total, cap_units, delta_cap_units, created ON budgets
     BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}: the totals of a budget cannot be changed'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS dataset_caps_no_update BEFORE UPDATE ON dataset_caps
+    BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}: a dataset-wide budget cannot be changed'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS dataset_caps_no_delete BEFORE DELETE ON dataset_caps
+    BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}: a dataset-wide budget cannot be deleted'); END""",
     f"""CREATE TRIGGER IF NOT EXISTS budgets_only_grow BEFORE UPDATE OF spent_units, releases, delta_spent_units
     ON budgets WHEN NEW.spent_units < OLD.spent_units OR NEW.releases < OLD.releases
     OR NEW.delta_spent_units < OLD.delta_spent_units
@@ -366,6 +389,49 @@ class ChainReport:
         return "chain broken: " + "; ".join(p.detail for p in self.problems)
 
 
+@dataclass(frozen=True)
+class DatasetCap:
+    """The dataset-wide cap of one dataset, and what all of its budgets have spent of it.
+
+    Attributes
+    ----------
+    name : str
+        The dataset.
+    mode : {"pure", "zcdp"}
+        What a unit measures, as for :class:`BudgetRecord`; every budget of the dataset has this mode.
+    epsilon_total, delta_total : float
+        The guarantee the cap was registered with, for all users of the dataset together.
+    cap_units, delta_cap_units : int
+        The cap, in ``1 / UNITS_PER_ONE`` of epsilon or rho, and the part of ``delta_total``
+        reserved for releases that spend a delta of their own, in ``1 / DELTA_UNITS_PER_ONE``.
+    created : str
+        ISO-8601 UTC time of registration.
+    spent_units, delta_spent_units : int
+        What the dataset's budgets have spent together (sums over their rows, not stored twice).
+    users : int
+        How many budgets (users) the dataset has.
+    releases : int
+        Charges recorded against all of them.
+    """
+
+    name: str
+    mode: str
+    epsilon_total: float
+    delta_total: float
+    cap_units: int
+    delta_cap_units: int
+    created: str
+    spent_units: int = 0
+    delta_spent_units: int = 0
+    users: int = 0
+    releases: int = 0
+
+    @property
+    def conversion_delta(self) -> float:
+        """``delta_total`` less the delta reserve, as :attr:`BudgetRecord.conversion_delta`."""
+        return self.delta_total - self.delta_cap_units / DELTA_UNITS_PER_ONE
+
+
 def open_ledger(location: str | os.PathLike[str]) -> Ledger:
     """Open the ledger at ``location``: a file path (SQLite) or a ``postgresql://`` URL (PostgreSQL).
 
@@ -414,6 +480,9 @@ class Ledger:
 
     def _lock_registrations(self, conn, user: str) -> None:
         """Serialize registrations of ``user``'s budgets (nothing to do where all writes are serialized)."""
+
+    def _lock_dataset(self, conn, name: str) -> None:
+        """Serialize registrations of dataset ``name``'s cap and budgets (as :meth:`_lock_registrations`)."""
 
     def close(self) -> None:  # pragma: no cover - provided by subclasses
         raise NotImplementedError
@@ -469,31 +538,17 @@ class Ledger:
         ------
         PolicyError
             If the name holds different data, if the data is already registered under another
-            name, or if the totals differ from the registered ones. An existing budget is never
-            changed or reset.
+            name, if the totals differ from the registered ones, or if the dataset has a
+            dataset-wide cap (:meth:`set_dataset_cap`) of the other mode. An existing budget is
+            never changed or reset.
         """
         name, user = _text(name, "name"), _text(user, "user")
         fingerprint = _text(fingerprint, "fingerprint")
-        if mode not in _MODES:
-            raise PolicyError(f"mode must be 'pure' or 'zcdp' (got {mode!r})")
-        epsilon_total = _amount(epsilon_total, "epsilon_total", positive=True)
-        delta_total = _amount(delta_total, "delta_total", positive=False)
-        if delta_total >= 1:
-            raise PolicyError(f"delta_total must be below 1 (got {delta_total!r}); pass e.g. delta=1e-6")
-        if (mode == "pure") != (delta_total == 0):
-            raise PolicyError(
-                f"mode {mode!r} does not match delta_total={delta_total!r}: "
-                "a pure budget has delta 0, a zcdp budget has delta > 0"
-            )
-        if not _is_int(cap_units) or not 0 < cap_units <= _MAX_UNITS:
-            raise PolicyError(
-                f"cap_units must be an integer between 1 and {_MAX_UNITS} (got {cap_units!r}); "
-                "choose an epsilon that is neither tiny nor huge, e.g. epsilon=1.0"
-            )
-        _check_delta_cap(delta_cap_units, delta_total)
+        epsilon_total, delta_total = _checked_totals(mode, epsilon_total, delta_total, cap_units, delta_cap_units)
 
         def register(conn) -> BudgetRecord:
             self._lock_registrations(conn, user)
+            self._lock_dataset(conn, name)
             row = conn.execute(_SELECT_BUDGET + " WHERE name = ? AND user = ?", (name, user)).fetchone()
             if row is not None:
                 existing = _budget(row)
@@ -502,6 +557,9 @@ class Ledger:
                 if (existing.epsilon_total, existing.delta_total) != (epsilon_total, delta_total):
                     raise _different_totals(existing)
                 return existing
+            capped = conn.execute("SELECT mode FROM dataset_caps WHERE name = ?", (name,)).fetchone()
+            if capped is not None and capped[0] != mode:
+                raise _mode_mismatch(name, cap_mode=capped[0], budget_mode=mode)
             other = conn.execute(
                 "SELECT name FROM budgets WHERE user = ? AND fingerprint = ? ORDER BY name LIMIT 1",
                 (user, fingerprint),
@@ -539,6 +597,81 @@ class Ledger:
             )
 
         return self._write(register)
+
+    def set_dataset_cap(
+        self,
+        *,
+        name: str,
+        mode: str,
+        epsilon_total: float,
+        delta_total: float,
+        cap_units: int,
+        delta_cap_units: int,
+    ) -> DatasetCap:
+        """Register the dataset-wide cap of dataset ``name``, or return the one already registered.
+
+        Once registered, every charge to any budget of ``name`` (whatever its user) must keep the
+        units spent by all of them together within ``cap_units``, and the delta their reserves
+        spent together within ``delta_cap_units``, besides its own budget's limits.
+
+        Parameters
+        ----------
+        name : str
+            Dataset name, as in :meth:`open_budget`.
+        mode, epsilon_total, delta_total, cap_units, delta_cap_units
+            As for :meth:`open_budget`, for all users of the dataset together.
+
+        Returns
+        -------
+        DatasetCap
+            The cap with what the dataset's budgets have spent so far. Registering the same values
+            again returns the existing cap.
+
+        Raises
+        ------
+        PolicyError
+            For invalid values; if a cap with other values is registered (a cap is fixed once
+            registered); or if budgets of ``name`` of the other mode exist.
+        """
+        name = _text(name, "name")
+        epsilon_total, delta_total = _checked_totals(mode, epsilon_total, delta_total, cap_units, delta_cap_units)
+        values = (mode, epsilon_total, delta_total, cap_units, delta_cap_units)
+
+        def register(conn) -> DatasetCap:
+            self._lock_dataset(conn, name)
+            existing = _dataset_cap(conn, name)
+            if existing is not None:
+                if (existing.mode, existing.epsilon_total, existing.delta_total, existing.cap_units,
+                        existing.delta_cap_units) != values:
+                    raise PolicyError(
+                        f"the dataset-wide budget of {name!r} is fixed once registered (epsilon="
+                        f"{existing.epsilon_total!r}, delta={existing.delta_total!r}) and is never changed; "
+                        "register the data under a new name to start a new budget"
+                    )
+                return existing
+            other = conn.execute(
+                "SELECT mode, COUNT(*) FROM budgets WHERE name = ? AND mode <> ? GROUP BY mode", (name, mode)
+            ).fetchone()
+            if other is not None:
+                raise _mode_mismatch(name, cap_mode=mode, budget_mode=other[0], budgets=int(other[1]))
+            # Wait for charges of the dataset in flight (their budget rows are locked): a charge that
+            # started before the cap existed commits before it, every later one sees it.
+            conn.execute(
+                "SELECT user FROM budgets WHERE name = ? ORDER BY user" + self._FOR_UPDATE, (name,)
+            ).fetchall()
+            conn.execute(
+                "INSERT INTO dataset_caps (name, mode, epsilon_total, delta_total, cap_units, delta_cap_units,"
+                " created) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, *values, _now()),
+            )
+            return _dataset_cap(conn, name)
+
+        return self._write(register)
+
+    def dataset_cap(self, *, name: str) -> DatasetCap | None:
+        """Return the dataset-wide cap of dataset ``name`` with what its budgets spent, or None."""
+        with self._snapshot() as conn:
+            return _dataset_cap(conn, name)
 
     def budget(self, *, name: str, user: str) -> BudgetRecord:
         """Return the budget of dataset ``name`` for ``user``.
@@ -619,11 +752,13 @@ class Ledger:
         Raises
         ------
         BudgetExceededError
-            If the budget, a tier cap, a purpose reserve or the delta reserve cannot pay; nothing is
-            written. The error carries ``limit`` (``"budget"``, ``"tier"``, ``"purpose"`` or
-            ``"selection_delta"``), ``needed_units`` and ``remaining_units`` (in delta units for
-            ``"selection_delta"``), ``tier`` and ``purpose`` (the capped tier or the purpose whose
-            reserve refused; None otherwise).
+            If the budget, a tier cap, a purpose reserve, the delta reserve or the dataset-wide cap
+            (:meth:`set_dataset_cap`) cannot pay; nothing is written. The error carries ``limit``
+            (``"budget"``, ``"tier"``, ``"purpose"``, ``"selection_delta"`` or ``"dataset"``),
+            ``needed_units`` and ``remaining_units`` (in delta units for ``"selection_delta"``, and
+            for ``"dataset"`` when what the dataset's delta reserves spent together refused),
+            ``tier`` and ``purpose`` (the capped tier or the purpose whose reserve refused; None
+            otherwise).
         PolicyError
             If ``units`` is not a positive integer, ``delta_units`` not a non-negative one, a cap is
             invalid, or the budget does not exist.
@@ -651,6 +786,11 @@ class Ledger:
         query, mechanism, tier, purpose = (str(query), str(mechanism), str(tier), str(purpose))
 
         def debit(conn) -> ChargeRecord:
+            # A dataset-wide cap bounds the budgets of all users of the dataset together: lock all
+            # their rows, always in the order of their users and before this budget's own row, so
+            # that charges of two users of one dataset queue instead of deadlocking.
+            dataset = _dataset_cap_row(conn, name)
+            pooled = None if dataset is None else self._lock_dataset_budgets(conn, name)
             # _FOR_UPDATE: where the database locks rows instead of the whole file, the budget row
             # stays locked until the end of the transaction, so every check below reads a state no
             # other charge of this budget can change before this one commits.
@@ -659,6 +799,11 @@ class Ledger:
             ).fetchone()
             if row is None:
                 raise _unknown_budget(conn, name, user)
+            if dataset is None:
+                # A cap registered since the first look waited for this row's lock, so it is seen now.
+                dataset = _dataset_cap_row(conn, name)
+                if dataset is not None:  # rare; a deadlock this may meet is rolled back and run again
+                    pooled = self._lock_dataset_budgets(conn, name)
             record, (head_id, head_hash) = _budget(row), row[12:14]
             for capped, cap in sorted(tier_caps.items()):
                 if cap is None:
@@ -679,6 +824,12 @@ class Ledger:
                 raise _budget_exceeded(record, units)
             if delta_units > record.delta_cap_units - record.delta_spent_units:
                 raise _selection_delta_exceeded(record, delta_units)
+            if dataset is not None:
+                spent, delta_spent = pooled
+                if units > dataset.cap_units - spent:
+                    raise _dataset_exceeded(dataset, units, spent)
+                if delta_units > dataset.delta_cap_units - delta_spent:
+                    raise _dataset_delta_exceeded(dataset, delta_units, delta_spent)
             # The chain's head was read with the budget, and the next id is read here, both under the
             # write lock like everything else, so that the hash covers the id the row gets.
             charge_id = self._next_charge_id(conn)
@@ -728,6 +879,15 @@ class Ledger:
             )
 
         return self._write(debit)
+
+    def _lock_dataset_budgets(self, conn, name: str) -> tuple[int, int]:
+        """Lock every budget row of ``name`` in the order of their users; return their spent sums."""
+        rows = conn.execute(
+            "SELECT user, spent_units, delta_spent_units FROM budgets WHERE name = ? ORDER BY user"
+            + self._FOR_UPDATE,
+            (name,),
+        ).fetchall()
+        return sum(int(r[1]) for r in rows), sum(int(r[2]) for r in rows)
 
     def record_bounds(self, *, name: str, user: str, column: str, low: float, high: float, epsilon: float,
                       charge_id: int) -> None:
@@ -1238,6 +1398,75 @@ def _budget(row: tuple) -> BudgetRecord:
     )
 
 
+def _checked_totals(
+    mode: object, epsilon_total: object, delta_total: object, cap_units: object, delta_cap_units: object
+) -> tuple[float, float]:
+    """Check the fixed amounts of a budget or of a dataset-wide cap; return the totals as floats."""
+    if mode not in _MODES:
+        raise PolicyError(f"mode must be 'pure' or 'zcdp' (got {mode!r})")
+    epsilon_total = _amount(epsilon_total, "epsilon_total", positive=True)
+    delta_total = _amount(delta_total, "delta_total", positive=False)
+    if delta_total >= 1:
+        raise PolicyError(f"delta_total must be below 1 (got {delta_total!r}); pass e.g. delta=1e-6")
+    if (mode == "pure") != (delta_total == 0):
+        raise PolicyError(
+            f"mode {mode!r} does not match delta_total={delta_total!r}: "
+            "a pure budget has delta 0, a zcdp budget has delta > 0"
+        )
+    if not _is_int(cap_units) or not 0 < cap_units <= _MAX_UNITS:
+        raise PolicyError(
+            f"cap_units must be an integer between 1 and {_MAX_UNITS} (got {cap_units!r}); "
+            "choose an epsilon that is neither tiny nor huge, e.g. epsilon=1.0"
+        )
+    _check_delta_cap(delta_cap_units, delta_total)
+    return epsilon_total, delta_total
+
+
+_SELECT_DATASET_CAP = (
+    "SELECT name, mode, epsilon_total, delta_total, cap_units, delta_cap_units, created FROM dataset_caps"
+    " WHERE name = ?"
+)
+
+
+def _dataset_cap_row(conn, name: str) -> DatasetCap | None:
+    """The dataset-wide cap of ``name`` as stored, without what was spent of it."""
+    row = conn.execute(_SELECT_DATASET_CAP, (name,)).fetchone()
+    return None if row is None else DatasetCap(*row)
+
+
+def _dataset_cap(conn, name: str) -> DatasetCap | None:
+    """The dataset-wide cap of ``name`` with the sums over the dataset's budget rows."""
+    row = conn.execute(_SELECT_DATASET_CAP, (name,)).fetchone()
+    if row is None:
+        return None
+    spent, delta_spent, users, releases = conn.execute(
+        "SELECT COALESCE(SUM(spent_units), 0), COALESCE(SUM(delta_spent_units), 0), COUNT(*),"
+        " COALESCE(SUM(releases), 0) FROM budgets WHERE name = ?",
+        (name,),
+    ).fetchone()
+    # PostgreSQL sums integers as numeric.
+    return DatasetCap(*row, spent_units=int(spent), delta_spent_units=int(delta_spent), users=int(users),
+                      releases=int(releases))
+
+
+_MODE_WORDS = {"pure": "pure epsilon (delta=0)", "zcdp": "zCDP (delta>0)"}
+
+
+def _mode_mismatch(name: str, *, cap_mode: str, budget_mode: str, budgets: int | None = None) -> PolicyError:
+    if budgets is None:
+        return PolicyError(
+            f"the dataset-wide budget of {name!r} is {_MODE_WORDS[cap_mode]}, so every budget of {name!r} "
+            f"must be too, and this one is {_MODE_WORDS[budget_mode]}; protect the data "
+            f"{'without' if cap_mode == 'pure' else 'with'} a delta (e.g. "
+            f"{'delta=0' if cap_mode == 'pure' else 'delta=1e-6'}), or under a new name"
+        )
+    return PolicyError(
+        f"{budgets} budget(s) of {name!r} are {_MODE_WORDS[budget_mode]}, so its dataset-wide budget must be "
+        f"too, not {_MODE_WORDS[cap_mode]}; register it {'with' if budget_mode == 'zcdp' else 'without'} a "
+        "delta, or register the data under a new name to start a new budget"
+    )
+
+
 def _unknown_budget(conn: sqlite3.Connection, name: str, user: str) -> PolicyError:
     known = [r[0] for r in conn.execute("SELECT name FROM budgets WHERE user = ?", (user,))]
     return PolicyError(
@@ -1305,6 +1534,35 @@ def _budget_exceeded(record: BudgetRecord, units: int) -> BudgetExceededError:
         "nothing was charged. Ask for less with epsilon=..., or run %dp budget to see what is left."
     )
     return _tagged(error, "budget", units, remaining)
+
+
+def _cap_epsilon(cap: DatasetCap, units: int) -> float:
+    """The epsilon ``units`` of a dataset-wide cap stand for: itself (pure) or its share of the cap (zCDP)."""
+    if cap.mode == "pure":
+        return units / UNITS_PER_ONE
+    return cap.epsilon_total * units / cap.cap_units
+
+
+def _dataset_exceeded(cap: DatasetCap, units: int, spent: int) -> BudgetExceededError:
+    remaining = max(0, cap.cap_units - spent)
+    error = BudgetExceededError(
+        f"this release needs ε={_cap_epsilon(cap, units):.4g}, more than is left of the dataset-wide budget "
+        f"of {cap.name!r} (about ε={_cap_epsilon(cap, remaining):.4g} for all its analysts together); "
+        "nothing was charged. Ask the data steward for a larger budget."
+    )
+    return _tagged(error, "dataset", units, remaining)
+
+
+def _dataset_delta_exceeded(cap: DatasetCap, delta_units: int, delta_spent: int) -> BudgetExceededError:
+    remaining = max(0, cap.delta_cap_units - delta_spent)
+    error = BudgetExceededError(
+        f"this release needs δ={delta_units / DELTA_UNITS_PER_ONE:.3g} for partition selection, more than is "
+        f"left of the delta the dataset-wide budget of {cap.name!r} reserves for it (about "
+        f"δ={remaining / DELTA_UNITS_PER_ONE:.3g} for all its analysts together); nothing was charged. Declare "
+        "the group's categories (declared groups need no partition selection), or ask the data steward for "
+        "a larger budget."
+    )
+    return _tagged(error, "dataset", delta_units, remaining)
 
 
 def _tagged(

@@ -7,11 +7,17 @@ supplies the connection and what PostgreSQL does differently:
   charge selects its budget row ``FOR UPDATE``: charges of one budget queue on that row, and the
   tier, purpose and budget checks that follow read a state no other charge of the budget can change
   before this one commits (the conditional ``UPDATE ... WHERE spent_units + ? <= cap_units`` stays,
-  as in SQLite). Charges of different budgets run in parallel. Registrations of one user's budgets
-  are serialized by a transaction-scoped advisory lock, since they check names and fingerprints
-  across rows. A transaction that fails with a serialization failure or a deadlock has been rolled
-  back entirely, so it is run again from the start (a few times, with a random pause): a charge is
-  never made twice. Any other error, a lost connection included, is raised, and the caller must not
+  as in SQLite). Charges of different budgets run in parallel, except on a dataset with a
+  dataset-wide cap: such a charge first selects every budget row of the dataset ``FOR UPDATE``,
+  ordered by user, and only then its own, so charges of the dataset's users queue one after another
+  (always taking the locks in the same order, so they cannot deadlock) and sum what all of them
+  spent under those locks. Registering a cap locks the same rows, so a charge in flight commits
+  before the cap and every later charge sees it. Registrations of one user's budgets are
+  serialized by a transaction-scoped advisory lock, since they check names and fingerprints across
+  rows, and registrations of one dataset's cap and budgets by another (taken after the user's),
+  since they check that the modes agree. A transaction that fails with a serialization failure or
+  a deadlock has been rolled back entirely, so it is run again from the start (a few times, with a
+  random pause): a charge is never made twice. Any other error, a lost connection included, is raised, and the caller must not
   release anything.
 * ``synchronous_commit`` is set to ``on`` for the session: a charge is on disk on the server when
   :meth:`~jupyter_dpmagic.ledger.Ledger.charge` returns.
@@ -106,6 +112,15 @@ _SCHEMA = (
     charge_id   BIGINT           NOT NULL REFERENCES charges (id),
     PRIMARY KEY (name, "user", column_name)
 )""",
+    """CREATE TABLE IF NOT EXISTS dataset_caps (
+    name            TEXT             NOT NULL PRIMARY KEY,
+    mode            TEXT             NOT NULL CHECK (mode IN ('pure', 'zcdp')),
+    epsilon_total   DOUBLE PRECISION NOT NULL,
+    delta_total     DOUBLE PRECISION NOT NULL,
+    cap_units       BIGINT           NOT NULL CHECK (cap_units > 0),
+    delta_cap_units BIGINT           NOT NULL DEFAULT 0 CHECK (delta_cap_units >= 0),
+    created         TEXT             NOT NULL
+)""",
     # One function raises for every trigger, with the message the trigger passes it.
     """CREATE OR REPLACE FUNCTION dpmagic_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -126,6 +141,15 @@ _TRIGGERS = {
     "charge_tiers_no_truncate": ("charge_tiers", "BEFORE TRUNCATE", "STATEMENT", _DELETED),
     "budgets_no_delete": ("budgets", "BEFORE DELETE", "ROW", f"{_APPEND_ONLY}: a budget cannot be deleted"),
     "budgets_no_truncate": ("budgets", "BEFORE TRUNCATE", "STATEMENT", f"{_APPEND_ONLY}: a budget cannot be deleted"),
+    "dataset_caps_no_update": (
+        "dataset_caps", "BEFORE UPDATE", "ROW", f"{_APPEND_ONLY}: a dataset-wide budget cannot be changed"
+    ),
+    "dataset_caps_no_delete": (
+        "dataset_caps", "BEFORE DELETE", "ROW", f"{_APPEND_ONLY}: a dataset-wide budget cannot be deleted"
+    ),
+    "dataset_caps_no_truncate": (
+        "dataset_caps", "BEFORE TRUNCATE", "STATEMENT", f"{_APPEND_ONLY}: a dataset-wide budget cannot be deleted"
+    ),
     "budgets_fixed": (
         "budgets",
         'BEFORE UPDATE OF name, "user", fingerprint, mode, epsilon_total, delta_total, cap_units, delta_cap_units,'
@@ -245,15 +269,15 @@ class PostgresLedger(Ledger):
     def _schema_missing(self, raw) -> bool:
         (tables,) = raw.execute(
             "SELECT count(to_regclass(t)) FROM unnest(ARRAY['budgets', 'charges', 'charge_tiers',"
-            " 'estimated_bounds']) AS t"
+            " 'estimated_bounds', 'dataset_caps']) AS t"
         ).fetchone()
-        return tables < 4 or not set(_TRIGGERS) <= self._triggers_present(raw)
+        return tables < 5 or not set(_TRIGGERS) <= self._triggers_present(raw)
 
     @staticmethod
     def _triggers_present(raw) -> set[str]:
         rows = raw.execute(
             "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid IN (SELECT to_regclass(t) FROM"
-            " unnest(ARRAY['budgets', 'charges', 'charge_tiers']) AS t)"
+            " unnest(ARRAY['budgets', 'charges', 'charge_tiers', 'dataset_caps']) AS t)"
         ).fetchall()
         return {r[0] for r in rows}
 
@@ -310,6 +334,9 @@ class PostgresLedger(Ledger):
 
     def _lock_registrations(self, conn: _Connection, user: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", ("dpmagic-registrations:" + user,))
+
+    def _lock_dataset(self, conn: _Connection, name: str) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", ("dpmagic-dataset:" + name,))
 
     def close(self) -> None:
         """Close the connection. Calling it again does nothing."""

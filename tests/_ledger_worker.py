@@ -71,6 +71,33 @@ def race_charges(path: str, barrier, results, attempts: int) -> None:
     results.put(succeeded)
 
 
+def race_dataset_charges(path: str, barrier, results, job: tuple[str, int]) -> None:
+    """As ``user``, try ``attempts`` charges of 0.1 to 'visits' once every process is ready.
+
+    ``job`` is ``(user, attempts)``. Reports how many succeeded; an error other than a refused
+    charge is reported too, so that the test fails at once instead of timing out.
+    """
+    user, attempts = job
+    try:
+        ledger = open_ledger(path)
+        barrier.wait(timeout=60)
+        succeeded = 0
+        for _ in range(attempts):
+            try:
+                ledger.charge(
+                    name="visits", user=user, units=TENTH, epsilon=0.1, delta=0.0, rho=None, query="count",
+                    mechanism="laplace", tier="default", purpose="test",
+                )
+                succeeded += 1
+            except BudgetExceededError as error:
+                if error.limit != "dataset":
+                    raise
+        ledger.close()
+        results.put((user, succeeded))
+    except Exception as error:
+        results.put((user, f"error: {error!r}"))
+
+
 def race_unlocked_charges(path: str, barrier, results, attempts: int) -> None:
     """Like :func:`race_charges`, with the ledger's locking removed: check, then write.
 
