@@ -9,25 +9,27 @@ In a notebook: ``%load_ext jupyter_dpmagic`` and run aggregations in ``%%dp`` ce
 """
 
 from .accountant import BudgetStatus
-from .api import budget, budget_widget, history, policy, protect
+from .api import budget, budget_widget, budgets, datasets, history, policy, protect
 from .cohort import COHORT_BOUNDS, COHORT_CATEGORIES, synthetic_cohort
 from .context import spending
-from .errors import BudgetExceededError, PolicyError, PrivacyError
+from .errors import BudgetExceededError, PolicyError, PrivacyError, StewardError
 from .explain import explain
 from .frame import PrivateFrame, PrivateGroupBy, PrivateSeries, crosstab
 from .models import fit_private
 from .policy import Policy
 from .release import ReleaseInfo, info
+from .steward_client import connect, remote
 from .split import train_test_split
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "protect", "spending", "explain", "crosstab", "fit_private", "budget", "budget_widget", "history", "policy",
+    "protect", "remote", "connect", "datasets", "budgets",
+    "spending", "explain", "crosstab", "fit_private", "budget", "budget_widget", "history", "policy",
     "info", "Policy",
     "train_test_split", "synthetic_cohort", "COHORT_BOUNDS", "COHORT_CATEGORIES",
     "PrivateFrame", "PrivateSeries", "PrivateGroupBy", "ReleaseInfo", "BudgetStatus",
-    "PrivacyError", "BudgetExceededError", "PolicyError", "load_ipython_extension",
+    "PrivacyError", "BudgetExceededError", "PolicyError", "StewardError", "load_ipython_extension",
 ]
 
 

@@ -7,14 +7,14 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from . import hooks, live
+from . import hooks, live, steward_client
 from .accountant import BudgetStatus
 from .errors import PolicyError
 from .frame import PrivateFrame
 from .session import current_user, get_session
-from .tables import BudgetsTable, ChainTable, HistoryTable, PolicyTable
+from .tables import BudgetsTable, ChainTable, DatasetsTable, HistoryTable, PolicyTable
 
-__all__ = ["protect", "budget", "budgets", "budget_widget", "history", "policy"]
+__all__ = ["protect", "budget", "budgets", "budget_widget", "history", "policy", "datasets", "charges"]
 
 
 def protect(df: pd.DataFrame, *, name: str, epsilon: float, delta: float = 0.0, policy=None,
@@ -79,15 +79,11 @@ def budget(name: str) -> BudgetStatus:
     _check_name(name, "budget")
     session, user = get_session(), current_user()
     dataset = session.datasets.get(name)
+    if dataset is not None and dataset.remote is not None:
+        return dataset.remote.client.status(name)
     if dataset is None or dataset.user != user:
         return session.accountant.status(name=name, user=user)
-    policy = dataset.policy
-    # Identifiers are never released, so they have nothing to spend; every purpose is named, so
-    # that what the reserves leave each one shows before it has spent anything.
-    tier_shares = {t.name: t.max_share for t in policy.tiers.values() if t.multiplier is not None}
-    purpose_reserves = {**dict.fromkeys(policy.purposes, 0.0), **policy.purpose_reserves()}
-    return session.accountant.status(name=name, user=user, tier_shares=tier_shares,
-                                     purpose_reserves=purpose_reserves)
+    return session.status(dataset)
 
 
 def budget_widget(name: str | None = None):
@@ -113,10 +109,14 @@ def budget_widget(name: str | None = None):
 
 
 def budgets() -> BudgetsTable:
-    """Every budget of the current user in the ledger, one row each."""
+    """Every budget of the current user in the ledger, one row each (and on the steward, when connected)."""
     accountant = get_session().accountant
     records = accountant.ledger.budgets(user=current_user())
-    return BudgetsTable(accountant.status(name=r.name, user=r.user) for r in records)
+    found = [accountant.status(name=r.name, user=r.user) for r in records]
+    client = steward_client.connection()
+    if client is not None:
+        found += client.get("api/budgets")
+    return BudgetsTable(found)
 
 
 def _widgets_available() -> bool:
@@ -132,11 +132,34 @@ def history(name: str, *, verify: bool = False) -> HistoryTable | ChainTable:
     budget row disagrees; ``.ok`` is True when all is well. A broken chain is reported, not raised.
     """
     _check_name(name, "history")
-    ledger, user = get_session().accountant.ledger, current_user()
+    dataset = get_session().datasets.get(name)
     if verify:
-        return ChainTable(ledger.verify(name=name, user=user))
-    record = ledger.budget(name=name, user=user)
-    return HistoryTable(record, ledger.history(name=name, user=user))
+        if dataset is not None and dataset.remote is not None:
+            return ChainTable(dataset.remote.client.verify(name))
+        return ChainTable(get_session().accountant.ledger.verify(name=name, user=current_user()))
+    return HistoryTable(*charges(name))
+
+
+def charges(name: str, *, last: int | None = None):
+    """The budget record of ``name`` and its charges (the ``last`` ones only, if given), oldest first."""
+    session = get_session()
+    dataset = session.datasets.get(name)
+    if dataset is not None and dataset.remote is not None:
+        return dataset.remote.client.history(name, last=last)
+    ledger, user = session.accountant.ledger, current_user()
+    return ledger.budget(name=name, user=user), ledger.history(name=name, user=user, last=last)
+
+
+def datasets() -> DatasetsTable:
+    """The datasets the connected steward lets you query, with their budgets (isolated mode).
+
+    Open one with ``dp.remote(name)``; ``dp.connect(url)`` chooses the steward when the environment
+    does not name one.
+    """
+    client = steward_client.connection()
+    if client is None:
+        raise PolicyError(f"no steward is connected: dp.connect(url) first, or set ${steward_client.STEWARD_URL_ENV}.")
+    return DatasetsTable(client.datasets(), client.url)
 
 
 def _check_name(name, reader: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["PrivacyError", "BudgetExceededError", "PolicyError", "close_match_hint"]
+__all__ = ["PrivacyError", "BudgetExceededError", "PolicyError", "StewardError", "close_match_hint"]
 
 
 class PrivacyError(Exception):
@@ -31,6 +31,18 @@ class BudgetExceededError(PrivacyError):
 
 class PolicyError(PrivacyError, ValueError):
     """A parameter or a policy is missing or invalid: bounds, categories, epsilon, a policy file."""
+
+
+class StewardError(PrivacyError):
+    """The steward that holds a dataset could not be reached, refused the request or did not answer.
+
+    ``charged`` says whether the steward charged the request before its answer was lost (True),
+    did not (False), or cannot tell (None).
+    """
+
+    def __init__(self, message: str, *, charged: bool | None = False):
+        super().__init__(message)
+        self.charged = charged
 
 
 def close_match_hint(word: str, choices: Iterable[str]) -> str:

@@ -502,7 +502,10 @@ class PrivateFrame(_Private):
 
     def _budget_line(self) -> str:
         try:
-            status = get_session().accountant.status(name=self._ds.name, user=self._ds.user)
+            if self._ds.remote is not None:
+                status = self._ds.remote.client.status(self._ds.name)
+            else:
+                status = get_session().accountant.status(name=self._ds.name, user=self._ds.user)
         except Exception as exc:  # a description must never fail because the ledger is unreachable
             return f"budget: unavailable ({exc})"
         line = (f"budget: ε {status.epsilon_spent:.4g} of {status.epsilon_total:g} spent, "

@@ -63,7 +63,9 @@ def statuses(session: Session, names: Iterable[str] = (), *, with_protected: boo
     from .api import budget
 
     user = current_user()
-    protected = {name for name, dataset in session.datasets.items() if dataset.user == user}
+    # A steward's dataset belongs to the hub user the steward knows, whatever this process's user is.
+    protected = {name for name, dataset in session.datasets.items()
+                 if dataset.user == user or dataset.remote is not None}
     found = []
     for name in sorted((protected if with_protected else set()) | set(names)):
         try:
@@ -85,7 +87,9 @@ def payload(session: Session, *, reason: str, names: Iterable[str] = ()) -> dict
 
 
 def _dataset(session: Session, status: BudgetStatus, protected: bool) -> dict:
-    history = session.accountant.ledger.history(name=status.name, user=status.user, last=RECENT_RELEASES)
+    from .api import charges
+
+    _, history = charges(status.name, last=RECENT_RELEASES)
     return {
         "name": status.name,
         "user": status.user,

@@ -14,9 +14,10 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Unicode, observe
 
 from . import hooks, live
-from .api import budget_widget, history, policy, protect
+from .api import budget_widget, datasets, history, policy, protect
 from .context import spending
 from .explain import explain
+from .steward_client import connect
 from .errors import PolicyError, close_match_hint
 from .session import get_session
 
@@ -71,7 +72,7 @@ def _history_parser() -> _Parser:
     return parser
 
 
-SUBCOMMANDS = ("protect", "budget", "history", "policy", "explain")
+SUBCOMMANDS = ("protect", "budget", "history", "policy", "explain", "connect", "datasets")
 _EXPLAIN_OPTION = re.compile(r"^\s*--(epsilon|delta|purpose|accuracy)(?:=|\s+)(\S+)")
 _CELL_PARSER = _cell_parser()
 
@@ -104,6 +105,8 @@ class DPMagics(Magics):
         - ``%dp budget [NAME]``, ``%dp history [NAME] [--verify]``, ``%dp policy [NAME]``
         - ``%dp explain [--epsilon E | --accuracy A] [--purpose P] EXPRESSION``: what the expression's
           releases would cost and how accurate they would be; nothing is run or charged.
+        - ``%dp connect [URL] [--timeout S]``: use the steward at URL (isolated mode; by default the one
+          ``$DPMAGIC_STEWARD_URL`` names) and list its datasets; ``%dp datasets`` lists them again.
         """
         if cell is not None:
             return self._cell(line, cell)
@@ -186,6 +189,18 @@ class DPMagics(Magics):
     def _cmd_history(self, words):
         args = _history_parser().parse_args(words)
         return history(self._one_name("history", [args.name] if args.name else []), verify=args.verify)
+
+    def _cmd_connect(self, words):
+        parser = _Parser(prog="%dp connect", add_help=False)
+        parser.add_argument("url", nargs="?", help="the steward's URL (default: $DPMAGIC_STEWARD_URL)")
+        parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for an answer")
+        args = parser.parse_args(words)
+        connect(args.url, timeout=args.timeout)
+        return datasets()
+
+    def _cmd_datasets(self, words):
+        _Parser(prog="%dp datasets", add_help=False).parse_args(words)
+        return datasets()
 
     def _cmd_policy(self, words):
         return policy(self._one_name("policy", words))

@@ -12,6 +12,7 @@ That keeps engines simple and makes bounds and touched columns easy to derive.
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import math
 from dataclasses import dataclass
 from typing import Any, Union
@@ -20,7 +21,7 @@ __all__ = [
     "Col", "Lit", "BinOp", "UnOp", "IsIn", "Between", "IsNA", "Clip", "FillNA", "AsType", "Part", "Expr",
     "GroupKey", "Count", "Sum", "Mean", "Variance", "Quantile", "Histogram", "Measure", "Query",
     "RowCount", "FixedSum", "QuantileScores", "BinCounts", "Primitive",
-    "columns_of", "to_dict", "from_dict", "describe",
+    "columns_of", "to_dict", "from_dict", "describe", "check_parts", "PlanError",
 ]
 
 ARITHMETIC = ("+", "-", "*", "/", "//", "%", "**")
@@ -303,9 +304,18 @@ def to_dict(node: Any) -> Any:
         return out
     if isinstance(node, tuple):
         return {"kind": "tuple", "items": [to_dict(item) for item in node]}
-    if isinstance(node, float) and not math.isfinite(node):
-        return {"kind": "float", "repr": repr(node)}
-    return node
+    if isinstance(node, (bool, str, int)) or node is None:
+        return node
+    if isinstance(node, float):
+        return node if math.isfinite(node) else {"kind": "float", "repr": repr(node)}
+    if type(node).__module__ == "numpy" and hasattr(node, "item"):
+        return to_dict(node.item())  # a numpy scalar written in the cell (np.float64(3.5), say)
+    if type(node).__name__ == "Timestamp" and hasattr(node, "isoformat"):
+        return {"kind": "timestamp", "iso": node.isoformat()}
+    if isinstance(node, _dt.datetime):
+        return {"kind": "timestamp", "iso": node.isoformat()}
+    raise TypeError(f"{type(node).__name__} values cannot be part of a query plan; use a number, text, "
+                    "a boolean or a pandas Timestamp.")
 
 
 def from_dict(data: Any) -> Any:
@@ -316,6 +326,10 @@ def from_dict(data: Any) -> Any:
             return tuple(from_dict(item) for item in data["items"])
         if kind == "float":
             return float(data["repr"])
+        if kind == "timestamp":
+            import pandas as pd
+
+            return pd.Timestamp(data["iso"])
         cls = _KINDS.get(kind)
         if cls is None:
             raise ValueError(f"unknown plan node kind {kind!r}")
@@ -373,3 +387,118 @@ def describe(node: Any) -> str:
             text += " by " + ", ".join(k.label for k in node.by)
         return text
     return repr(node)
+
+
+# --------------------------------------------------------------------------------------- validation
+class PlanError(ValueError):
+    """A plan that did not come from this library's proxies (a hand-written or altered request)."""
+
+
+_SCALARS = (type(None), bool, int, float, str)
+_INCLUSIVE = ("both", "neither", "left", "right")
+
+
+def check_parts(measures: Any, where: Any, by: Any) -> None:
+    """Refuse anything a private proxy could not have built: only known node kinds, in their places,
+    with operators, dtypes and literals of the kinds the proxies produce.
+
+    ``from_dict`` only builds known kinds; this checks what their fields hold, so that a plan sent
+    by hand (to a steward, say) is no more than one the pandas API could have made.
+    """
+    _require(isinstance(measures, tuple) and measures, "measures must be a non-empty list")
+    for measure in measures:
+        _check_measure(measure)
+    _require(isinstance(where, tuple), "where must be a list")
+    for predicate in where:
+        _check_expr(predicate)
+    _require(isinstance(by, tuple), "by must be a list")
+    for key in by:
+        _require(isinstance(key, GroupKey) and isinstance(key.label, str), "by holds group keys")
+        _check_expr(key.expr)
+        if key.categories is not None:
+            _require(isinstance(key.categories, tuple) and all(_is_literal(c) for c in key.categories),
+                     "categories are literals")
+
+
+def _require(condition: bool, what: str) -> None:
+    if not condition:
+        raise PlanError(f"not a valid query plan: {what}.")
+
+
+def _is_literal(value) -> bool:
+    if isinstance(value, float):
+        return True  # nan and infinities included: pandas code can write them
+    return isinstance(value, _SCALARS) or type(value).__name__ == "Timestamp"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_measure(measure) -> None:
+    if isinstance(measure, Count):
+        if measure.expr is not None:
+            _check_expr(measure.expr)
+        return
+    _require(isinstance(measure, (Sum, Mean, Variance, Quantile, Histogram)), "measures are counts, sums, "
+             "means, variances, quantiles or histograms")
+    _check_expr(measure.expr)
+    for bound in (measure.low, measure.high):
+        _require(bound is None or (_is_number(bound) and math.isfinite(bound)), "bounds are finite numbers")
+    _require((measure.low is None) == (measure.high is None), "bounds come in pairs")
+    if isinstance(measure, Variance):
+        _require(isinstance(measure.ddof, int) and not isinstance(measure.ddof, bool) and measure.ddof >= 0,
+                 "ddof is a whole number >= 0")
+        _require(isinstance(measure.root, bool), "root is a boolean")
+    if isinstance(measure, Quantile):
+        _require(_is_number(measure.q) and 0.0 <= measure.q <= 1.0, "a quantile's q is in [0, 1]")
+    if isinstance(measure, Histogram):
+        _require(isinstance(measure.bins, int) and not isinstance(measure.bins, bool) and 1 <= measure.bins <= 10_000,
+                 "a histogram has 1 to 10000 bins")
+
+
+def _check_expr(expr, depth: int = 0) -> None:
+    _require(depth < 200, "expressions nest at most 200 deep")
+    sub = lambda e: _check_expr(e, depth + 1)  # noqa: E731
+    if isinstance(expr, Col):
+        _require(isinstance(expr.name, str), "column names are text")
+    elif isinstance(expr, Lit):
+        _require(_is_literal(expr.value), "literals are numbers, text, booleans or timestamps")
+    elif isinstance(expr, BinOp):
+        _require(expr.op in ARITHMETIC + COMPARISON + LOGICAL, f"operator {expr.op!r} is not known")
+        sub(expr.left)
+        sub(expr.right)
+    elif isinstance(expr, UnOp):
+        _require(expr.op in _OP_WORDS, f"operator {expr.op!r} is not known")
+        sub(expr.operand)
+    elif isinstance(expr, IsIn):
+        _require(isinstance(expr.values, tuple) and all(_is_literal(v) for v in expr.values), "isin takes literals")
+        sub(expr.operand)
+    elif isinstance(expr, Between):
+        _require(_is_literal(expr.low) and _is_literal(expr.high) and expr.inclusive in _INCLUSIVE,
+                 "between takes literals")
+        sub(expr.operand)
+    elif isinstance(expr, Clip):
+        for bound in (expr.low, expr.high):
+            _require(bound is None or _is_number(bound), "clip takes numbers")
+        sub(expr.operand)
+    elif isinstance(expr, FillNA):
+        _require(_is_literal(expr.value), "fillna takes a literal")
+        sub(expr.operand)
+    elif isinstance(expr, IsNA):
+        sub(expr.operand)
+    elif isinstance(expr, AsType):
+        _require(expr.dtype in _ASTYPES, "astype converts between numeric types")
+        sub(expr.operand)
+    elif isinstance(expr, Part):
+        _require(isinstance(expr.token, int) and not isinstance(expr.token, bool), "a split token is a whole number")
+        _require(_is_number(expr.fraction) and 0.0 < expr.fraction < 1.0, "a split fraction is in (0, 1)")
+        _require(isinstance(expr.side, bool), "a split side is a boolean")
+        _require(expr.unit is None or isinstance(expr.unit, str), "a split unit is a column name")
+    else:
+        _require(False, f"{type(expr).__name__} is not an expression")
+
+
+# What PrivateSeries.astype produces (numpy dtype names of the numeric and boolean types).
+_ASTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                      "float16", "float32", "float64"})

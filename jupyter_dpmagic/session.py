@@ -33,7 +33,7 @@ from .plan import Col, Count, Histogram, Query, Sum, columns_of, describe
 from .policy import Policy
 from .release import ReleaseInfo, accuracy_text, shape as _shape
 
-__all__ = ["Session", "Dataset", "get_session", "current_user", "ledger_location"]
+__all__ = ["Session", "Dataset", "Released", "get_session", "current_user", "ledger_location"]
 
 LEDGER_ENV = "DPMAGIC_LEDGER"
 ACCURACIES_KEPT = 1000
@@ -84,6 +84,9 @@ class Dataset:
     schema: dict  # column -> kind ("numeric", "bool", "text", "datetime", "other")
     max_groups: int | None = None
     estimates: dict = field(default_factory=dict, repr=False)  # column -> EstimatedBounds (released)
+    # Set for a dataset a steward holds: ``frame`` then has the columns and dtypes but no rows, and
+    # releases are made by the steward (see jupyter_dpmagic.steward_client).
+    remote: object = field(default=None, repr=False)
     _columns: dict = field(default_factory=dict, repr=False)
 
     def column(self, name: str):
@@ -125,11 +128,34 @@ class Derived:
                                "charged.") from None
 
 
-class Session:
-    """Datasets protected in this process, the ledger they charge, and the release pipeline."""
+@dataclass(frozen=True)
+class Released:
+    """One release before it is shaped into numbers and pandas objects (what a steward sends back).
 
-    def __init__(self):
+    ``units`` is what was charged (0 when the release was only explained); ``explanation`` is set
+    when it was.
+    """
+
+    outcomes: tuple
+    info: ReleaseInfo
+    by: tuple
+    keys: list | None
+    units: int
+    explanation: Explanation | None = None
+
+
+class Session:
+    """Datasets protected in this process, the ledger they charge, and the release pipeline.
+
+    Parameters
+    ----------
+    ledger : str, optional
+        A ledger location that ``$DPMAGIC_LEDGER`` and ``%config`` cannot change (a steward's).
+    """
+
+    def __init__(self, *, ledger: str | None = None):
         self._lock = threading.RLock()
+        self._fixed_ledger = ledger
         self._configured_ledger: str | None = None
         self._accountant: Accountant | None = None
         self._ledger_path: str | None = None
@@ -179,7 +205,7 @@ class Session:
     @property
     def accountant(self) -> Accountant:
         with self._lock:
-            location = ledger_location(self._configured_ledger)
+            location = self._fixed_ledger or ledger_location(self._configured_ledger)
             if self._accountant is None or location != self._ledger_path:
                 ledger = open_ledger(location)  # a file path: SQLite; a postgresql:// URL: PostgreSQL
                 if self._accountant is not None:
@@ -192,7 +218,12 @@ class Session:
     def protect(self, frame: pd.DataFrame, *, name: str, epsilon: float, delta: float = 0.0,
                 policy=None, privacy_unit: str | None = None, max_rows_per_unit: int = 1,
                 max_groups_per_unit: int | None = None, bounds: Mapping | None = None,
-                categories: Mapping | None = None) -> Dataset:
+                categories: Mapping | None = None, user: str | None = None, keep: bool = True) -> Dataset:
+        """Check the data and its settings, open (or continue) its budget and return the dataset.
+
+        ``user`` is whose budget it is (the current user by default; a steward names the analyst);
+        with ``keep=False`` the dataset is not added to :attr:`datasets`.
+        """
         if not isinstance(frame, pd.DataFrame):
             kind = type(frame).__name__
             hint = " It is already protected." if kind == "PrivateFrame" else ""
@@ -252,7 +283,7 @@ class Session:
         # the caller's frame, without doubling the memory.
         data = frame.copy(deep=False)
         with self._lock:
-            record = self.accountant.open(name=name, user=current_user(), fingerprint=fingerprint(data),
+            record = self.accountant.open(name=name, user=user or current_user(), fingerprint=fingerprint(data),
                                           epsilon=epsilon, delta=delta)
             dataset = Dataset(
                 name=name, user=record.user, frame=data, policy=policy, unit=privacy_unit,
@@ -263,9 +294,28 @@ class Session:
             # Bounds estimated (and paid for) before, in this process or an earlier one.
             for column, found in self.accountant.ledger.estimated_bounds(name=name, user=record.user).items():
                 dataset.estimates[column] = EstimatedBounds(column, *found)
+            if not keep:
+                return dataset
             self.datasets[name] = dataset
         self._changed()
         return dataset
+
+    def add_remote(self, dataset: Dataset) -> Dataset:
+        """Keep a dataset a steward holds among this kernel's datasets (``dp.remote``)."""
+        with self._lock:
+            self.datasets[dataset.name] = dataset
+        self._changed()
+        return dataset
+
+    def status(self, dataset: Dataset):
+        """The budget of ``dataset`` with what each tier and purpose may still spend under its policy."""
+        policy = dataset.policy
+        # Identifiers are never released, so they have nothing to spend; every purpose is named, so
+        # that what the reserves leave each one shows before it has spent anything.
+        tier_shares = {t.name: t.max_share for t in policy.tiers.values() if t.multiplier is not None}
+        purpose_reserves = {**dict.fromkeys(policy.purposes, 0.0), **policy.purpose_reserves()}
+        return self.accountant.status(name=dataset.name, user=dataset.user, tier_shares=tier_shares,
+                                      purpose_reserves=purpose_reserves)
 
     def dataset(self, name: str) -> Dataset:
         try:
@@ -292,6 +342,32 @@ class Session:
         if scope is None:
             raise PrivacyError("this would release a number; run it inside a %%dp cell (or a "
                                "`with dp.spending():` block), where it is charged to the budget.")
+        if dataset.remote is not None:
+            if derived is not None:
+                raise PolicyError(f"{derived.what} runs code on the rows, and the steward that holds '{dataset.name}' "
+                                  "runs only query plans. Compute it from releases instead (e.g. the model's "
+                                  "DP parameters), or ask the data steward.")
+            done = dataset.remote.release(measures, where=where, by=by, epsilon=epsilon, delta=delta, notes=notes,
+                                          what=what, scope=scope)
+            if done.explanation is None:
+                _count_spent(scope, dataset, done.units)
+                self._remember_accuracy(done.info.charge_id, accuracy_text(done.outcomes))
+                self._changed()
+        else:
+            done = self.make_release(dataset, measures, where=where, by=by, epsilon=epsilon, delta=delta,
+                                     notes=notes, derived=derived, what=what, scope=scope)
+        if done.explanation is not None:
+            scope.explain.append(done.explanation)
+        return _shape(done.outcomes, done.info, done.by, shape, labels, done.keys)
+
+    def make_release(self, dataset: Dataset, measures: Sequence, *, where: tuple = (), by: tuple = (),
+                     epsilon=None, delta=None, notes=(), derived: "Derived | None" = None,
+                     what: str | None = None, scope) -> Released:
+        """The release pipeline of :meth:`release` under ``scope``, up to the shaping.
+
+        Checks, plans, charges (committed) and draws the noise; with ``scope.explain`` set, only
+        plans and explains. A steward calls this with the scope an analyst's request describes.
+        """
         max_groups = dataset.max_groups if by else None
         query = Query(dataset.name, tuple(measures), tuple(where), tuple(by), dataset.unit, dataset.max_rows,
                       max_groups)
@@ -322,11 +398,11 @@ class Session:
                 raise PolicyError("epsilon is too small to estimate bounds and release; ask for more.")
         draft = _draft(_placeholder_bounds(query, pending), units - estimate_units, record.mode, selection_delta)
         if scope.explain is not None:
-            scope.explain.append(self._explanation(dataset, draft, record, epsilon, delta, purpose, tier,
-                                                   pending, estimate_units, accuracy))
-            return _shape(draft.placeholder_outcomes(), _info(dataset, draft.query, "", Cost(epsilon=epsilon), 0,
-                                                              purpose, tier, ()), draft.query.by, shape, labels,
-                          [] if draft.query.selects_groups else None)
+            return Released(tuple(draft.placeholder_outcomes()),
+                            _info(dataset, draft.query, "", Cost(epsilon=epsilon), 0, purpose, tier, ()),
+                            draft.query.by, [] if draft.query.selects_groups else None, 0,
+                            self._explanation(dataset, draft, record, epsilon, delta, purpose, tier, pending,
+                                              estimate_units, accuracy))
         self._check_scope_caps(scope, dataset, units)
         fresh = ()
         if pending:
@@ -345,8 +421,7 @@ class Session:
             record, cost, query=what, mechanism=draft.mechanism, tier=tier, purpose=purpose,
             units=draft.units, tier_shares=_tier_shares(dataset, tiers), selection_delta=selection_delta,
             purpose_reserves=dataset.policy.purpose_reserves())
-        for each in scope.chain():
-            each.spent_units[_key(dataset)] = each.spent_units.get(_key(dataset), 0) + units
+        _count_spent(scope, dataset, units)
 
         # The charge is committed: from here on nothing may fail silently or be retried.
         outcomes, keys = draft.finish(exact)
@@ -359,7 +434,7 @@ class Session:
                      draft.notes() + extra + tuple(notes), selection_delta=selection_delta)
         if derived is not None:
             info = replace(info, query=derived.what)
-        return _shape(outcomes, info, draft.query.by, shape, labels, keys)
+        return Released(tuple(outcomes), info, draft.query.by, keys, units)
 
     def _check_columns(self, dataset: Dataset, query: Query) -> set[str]:
         """Refuse identifiers; return the tiers of the columns the query touches ({'standard'} if none)."""
@@ -390,6 +465,10 @@ class Session:
         if scope is None:
             raise PrivacyError("training on private data is a release; run it inside a %%dp cell (or a "
                                "`with dp.spending():` block), where it is charged to the budget.")
+        if dataset.remote is not None:
+            raise PolicyError(f"training {describe_text} runs on the rows, and the steward that holds "
+                              f"'{dataset.name}' runs only query plans. GaussianNB is fitted from releases and "
+                              "works here; for other models, ask the data steward.")
         query = Query(dataset.name, tuple(Count(Col(c)) for c in columns), tuple(where), (), dataset.unit,
                       dataset.max_rows)
         tiers = self._check_columns(dataset, query)
@@ -421,8 +500,7 @@ class Session:
         charge = self._charge(record, cost, query=describe_text, mechanism=mechanism, tier=tier,
                               purpose=purpose, units=units, tier_shares=_tier_shares(dataset, tiers),
                               purpose_reserves=dataset.policy.purpose_reserves())
-        for each in scope.chain():
-            each.spent_units[_key(dataset)] = each.spent_units.get(_key(dataset), 0) + units
+        _count_spent(scope, dataset, units)
         return model, _info(dataset, query, mechanism, cost, charge.id, purpose, tier,
                             (f"at most {dataset.max_rows} row(s) per '{dataset.unit}' used",) if dataset.unit else ())
 
@@ -624,6 +702,12 @@ def _run(dataset: Dataset, query: Query, primitives) -> Exact:
 
 def _key(dataset: Dataset) -> tuple[str, str]:
     return (dataset.name, dataset.user)
+
+
+def _count_spent(scope, dataset: Dataset, units: int) -> None:
+    """Add a charge to every enclosing scope, for their --budget caps."""
+    for each in scope.chain():
+        each.spent_units[_key(dataset)] = each.spent_units.get(_key(dataset), 0) + units
 
 
 def _tier_shares(dataset: Dataset, tiers) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-__all__ = ["Table", "HistoryTable", "ChainTable", "PolicyTable", "BudgetsTable"]
+__all__ = ["Table", "HistoryTable", "ChainTable", "PolicyTable", "BudgetsTable", "DatasetsTable"]
 
 
 class Table:
@@ -148,3 +148,18 @@ def _purpose_text(purpose) -> str:
         # In brackets: the footer already separates purposes with commas.
         text += f" ({purpose.reserve * 100:.4g}% of the budget reserved)"
     return text
+
+
+class DatasetsTable(Table):
+    """The datasets a steward lets this user query (``dp.datasets()``, ``%dp datasets``)."""
+
+    def __init__(self, found, url: str):
+        self.datasets = list(found)
+        rows = []
+        for d in self.datasets:
+            delta = f", δ={d['delta']:g}" if d["delta"] else ""
+            rows.append([d["name"], ", ".join(d["columns"]), d["privacy_unit"] or "row",
+                         f"{d['per_user_epsilon']:g}{delta}", f"{d['epsilon']:g}", d.get("description", "")])
+        super().__init__(f"Datasets at {url}",
+                         ["dataset", "columns", "privacy unit", "your ε", "ε for all analysts", "description"], rows,
+                         footer="Open one with dp.remote('NAME'); dp.policy('NAME') then shows its policy.")
