@@ -218,11 +218,15 @@ class Session:
     def protect(self, frame: pd.DataFrame, *, name: str, epsilon: float, delta: float = 0.0,
                 policy=None, privacy_unit: str | None = None, max_rows_per_unit: int = 1,
                 max_groups_per_unit: int | None = None, bounds: Mapping | None = None,
-                categories: Mapping | None = None, user: str | None = None, keep: bool = True) -> Dataset:
+                categories: Mapping | None = None, user: str | None = None, keep: bool = True,
+                data_key: str | None = None) -> Dataset:
         """Check the data and its settings, open (or continue) its budget and return the dataset.
 
         ``user`` is whose budget it is (the current user by default; a steward names the analyst);
-        with ``keep=False`` the dataset is not added to :attr:`datasets`.
+        with ``keep=False`` the dataset is not added to :attr:`datasets`. ``data_key`` is what the
+        ledger records to recognise the data, :func:`fingerprint` by default; a steward passes a
+        salted one, since its analysts see the ledger's hashes and must not be able to confirm a
+        guess of the data with them.
         """
         if not isinstance(frame, pd.DataFrame):
             kind = type(frame).__name__
@@ -283,7 +287,8 @@ class Session:
         # the caller's frame, without doubling the memory.
         data = frame.copy(deep=False)
         with self._lock:
-            record = self.accountant.open(name=name, user=user or current_user(), fingerprint=fingerprint(data),
+            record = self.accountant.open(name=name, user=user or current_user(),
+                                          fingerprint=data_key or fingerprint(data),
                                           epsilon=epsilon, delta=delta)
             dataset = Dataset(
                 name=name, user=record.user, frame=data, policy=policy, unit=privacy_unit,

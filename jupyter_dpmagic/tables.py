@@ -159,7 +159,9 @@ class DatasetsTable(Table):
         for d in self.datasets:
             delta = f", δ={d['delta']:g}" if d["delta"] else ""
             rows.append([d["name"], ", ".join(d["columns"]), d["privacy_unit"] or "row",
-                         f"{d['per_user_epsilon']:g}{delta}", f"{d['epsilon']:g}", d.get("description", "")])
+                         f"{d['per_user_epsilon']:g}{delta}", f"{d['epsilon_left']:.4g} of {d['epsilon']:g}",
+                         d.get("description", "")])
         super().__init__(f"Datasets at {url}",
-                         ["dataset", "columns", "privacy unit", "your ε", "ε for all analysts", "description"], rows,
+                         ["dataset", "columns", "privacy unit", "your ε", "ε left for all analysts", "description"],
+                         rows,
                          footer="Open one with dp.remote('NAME'); dp.policy('NAME') then shows its policy.")

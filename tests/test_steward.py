@@ -3,6 +3,7 @@ through dp.remote. Who a token belongs to comes from a table (tests/hub/ runs th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -74,16 +75,24 @@ def registered(tmp_path):
 TOKENS = {"alice-token": Analyst("alice"), "bob-token": Analyst("bob"), "carol-token": Analyst("carol")}
 
 
+@contextlib.contextmanager
+def serving(registry, ledger, steward_class=Steward):
+    """A steward served until the block ends; then the kernel forgets it and its datasets."""
+    server = Served(steward_class(Registry.load(registry), ledger=ledger), TokenTable(TOKENS))
+    try:
+        yield server
+    finally:
+        server.stop()
+        for name in [n for n, d in get_session().datasets.items() if d.remote is not None]:
+            del get_session().datasets[name]
+        remote_module._connection = None
+
+
 @pytest.fixture
 def served(registered, caplog):
     caplog.set_level(logging.DEBUG)
-    registry, ledger = registered
-    server = Served(Steward(Registry.load(registry), ledger=ledger), TokenTable(TOKENS))
-    yield server
-    server.stop()
-    for name in [n for n, d in get_session().datasets.items() if d.remote is not None]:
-        del get_session().datasets[name]
-    remote_module._connection = None
+    with serving(*registered) as server:
+        yield server
     text = caplog.text
     assert CANARY_TEXT not in text and str(CANARY_AGE) not in text
 
@@ -200,8 +209,7 @@ def test_the_dataset_wide_cap_adds_epsilons_of_pure_budgets(served, registered, 
     assert steward_cli(["register", "--registry", str(registry), "--ledger", ledger, "--name", "pure", "--file",
                         str(data), "--policy", str(tmp_path / "policy.toml"), "--epsilon", "1.5",
                         "--per-user-epsilon", "1"]) == 0
-    server = Served(Steward(Registry.load(registry), ledger=ledger), TokenTable(TOKENS))
-    try:
+    with serving(registry, ledger) as server:
         for user, expect_refusal in (("alice", False), ("bob", True)):
             dp.connect(server.url, token=f"{user}-token")
             pure = dp.remote("pure")
@@ -214,9 +222,6 @@ def test_the_dataset_wide_cap_adds_epsilons_of_pure_budgets(served, registered, 
                     pure["age"].mean()
         status = server.steward.session.accountant.dataset_status("pure")
         assert status.epsilon_spent == pytest.approx(1.5) and status.releases == 3
-    finally:
-        server.stop()
-        get_session().datasets.pop("pure", None)
 
 
 def test_refusals_charge_nothing_and_say_what_to_do(served):
@@ -291,9 +296,7 @@ class _SlowSteward(Steward):
 
 
 def test_a_lost_answer_is_fetched_not_charged_twice(registered):
-    registry, ledger = registered
-    server = Served(_SlowSteward(Registry.load(registry), ledger=ledger), TokenTable(TOKENS))
-    try:
+    with serving(*registered, _SlowSteward) as server:
         dp.connect(server.url, token="alice-token", timeout=0.5)
         visits = dp.remote("visits")
         with dp.spending(epsilon=0.1):
@@ -302,16 +305,10 @@ def test_a_lost_answer_is_fetched_not_charged_twice(registered):
         record = server.steward.session.accountant.ledger.budget(name="visits", user="alice")
         assert record.releases == 1
         assert len(dp.history("visits").charges) == 1
-    finally:
-        server.stop()
-        get_session().datasets.pop("visits", None)
-        remote_module._connection = None
 
 
 def test_a_steward_that_goes_away_after_charging_is_reported_as_maybe_charged(registered):
-    registry, ledger = registered
-    server = Served(_SlowSteward(Registry.load(registry), ledger=ledger), TokenTable(TOKENS))
-    try:
+    with serving(*registered, _SlowSteward) as server:
         dp.connect(server.url, token="alice-token", timeout=0.5)
         visits = dp.remote("visits")
         original = remote_module.StewardClient.get
@@ -330,10 +327,6 @@ def test_a_steward_that_goes_away_after_charging_is_reported_as_maybe_charged(re
         assert caught.value.charged is None
         time.sleep(_SlowSteward.delay)
         assert server.steward.session.accountant.ledger.budget(name="visits", user="alice").releases == 1
-    finally:
-        server.stop()
-        get_session().datasets.pop("visits", None)
-        remote_module._connection = None
 
 
 def test_an_unreachable_steward_is_a_clear_error(registered):
@@ -422,13 +415,52 @@ def test_the_steward_on_a_postgresql_ledger(tmp_path, postgres_cluster):
     assert steward_cli(["register", "--registry", str(registry), "--ledger", postgres_database, "--name", "visits",
                         "--file", str(data), "--policy", str(policy), "--epsilon", "1.5", "--per-user-epsilon", "1",
                         "--delta", "1e-6"]) == 0
-    server = Served(Steward(Registry.load(registry), ledger=postgres_database), TokenTable(TOKENS))
-    try:
+    with serving(registry, postgres_database) as server:
         visits = _as(server, "alice-token")
         with dp.spending(epsilon=0.2):
             assert 0 <= visits["age"].mean() <= 110
         assert dp.history("visits", verify=True).ok
-    finally:
-        server.stop()
-        get_session().datasets.pop("visits", None)
-        remote_module._connection = None
+
+
+def test_what_analysts_see_cannot_confirm_a_guess_of_the_data(served, registered, tmp_path):
+    """The ledger's hashes cover the data's key; a bare hash of the table would let someone who
+    guessed every row check the guess, so the steward's key is salted and never sent."""
+    from jupyter_dpmagic.session import fingerprint
+
+    bare = fingerprint(pd.read_csv(tmp_path / "visits.csv"))
+    visits = _as(served, "alice-token")
+    with dp.spending(epsilon=0.1):
+        len(visits)
+    assert get_session().datasets["visits"].record.fingerprint != bare
+    for path in ("api/datasets", "api/datasets/visits", "api/datasets/visits/history",
+                 "api/datasets/visits/history?verify=1", "api/datasets/visits/budget", "api/budgets"):
+        status, answer = _raw(served, "GET", path)
+        assert status == 200 and bare not in json.dumps(answer)
+
+
+def test_the_hubs_environment_connects_by_itself(served, monkeypatch):
+    monkeypatch.setenv("DPMAGIC_STEWARD_URL", served.url)
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "bob-token")
+    remote_module._connection = None
+    visits = dp.remote("visits")
+    with dp.spending(epsilon=0.1):
+        len(visits)
+    assert dp.budget("visits").user == "bob" and dp.budget("visits").releases == 1
+
+
+def test_failures_on_the_data_say_nothing_about_it(served):
+    visits = _as(served, "alice-token")
+    attempts = [
+        lambda: visits[visits["diagnosis"] > 5]["age"].mean(),
+        lambda: visits[visits["diagnosis"] == CANARY_TEXT]["age"].mean(),
+        lambda: visits["diagnosis"].mean(),
+        lambda: visits.groupby("diagnosis")["age"].mean(),
+        lambda: visits["age"].quantile(0.999),
+    ]
+    with dp.spending(epsilon=0.05):
+        for attempt in attempts:
+            try:
+                text = repr(attempt())
+            except dp.PrivacyError as error:
+                text = str(error)
+            assert CANARY_TEXT not in text and str(CANARY_AGE) not in text

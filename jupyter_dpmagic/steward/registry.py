@@ -7,8 +7,10 @@ budget. The data's fingerprint is kept at registration: a file changed afterward
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
 import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -42,6 +44,16 @@ class Entry:
     allow: tuple = ()  # user names and "group:<name>"; empty: every user the hub lets in
     registered: str = ""
     description: str = ""
+    salt: str = ""
+
+    @property
+    def data_key(self) -> str:
+        """What the ledger records for this data: its fingerprint, salted.
+
+        Analysts see the ledger's hash chain, which covers this value; with the bare fingerprint
+        (a hash of the data) someone who guessed the whole table could confirm the guess.
+        """
+        return hashlib.sha256(f"{self.salt}:{self.fingerprint}".encode()).hexdigest()
 
     def allows(self, user: str, groups) -> bool:
         if not self.allow:
@@ -110,4 +122,5 @@ def read_table(path, kind: str | None = None) -> tuple[pd.DataFrame, str]:
 
 def new_entry(*, name: str, file, kind: str, frame: pd.DataFrame, **settings) -> Entry:
     return Entry(name=name, file=str(Path(file).resolve()), format=kind, fingerprint=fingerprint(frame),
-                 registered=datetime.now(timezone.utc).isoformat(timespec="seconds"), **settings)
+                 registered=datetime.now(timezone.utc).isoformat(timespec="seconds"), salt=secrets.token_hex(32),
+                 **settings)

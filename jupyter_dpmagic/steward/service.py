@@ -1,8 +1,8 @@
 """The steward's HTTP API (tornado): JSON in, DP releases and budgets out.
 
 Every handler identifies the analyst from the request's token first; the body never says who is
-asking. Releases run one at a time on a worker thread (the ledger serializes charges anyway), so
-the server keeps answering budget reads and lookups while a large query runs. Error messages are
+asking. The steward's work runs one request at a time on a worker thread (one ledger connection,
+one session); looking up a lost answer does not wait for it. Error messages are
 the library's own, which never quote data; an unexpected failure is logged by its type only,
 since an exception's text may hold values from the data.
 """

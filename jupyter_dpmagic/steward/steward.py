@@ -98,7 +98,8 @@ class Steward:
                     self._tables[name], name=name, epsilon=entry.per_user_epsilon, delta=entry.delta,
                     policy=Policy.from_dict(entry.policy, source=f"the policy of '{name}'"),
                     privacy_unit=entry.privacy_unit, max_rows_per_unit=entry.max_rows_per_unit,
-                    max_groups_per_unit=entry.max_groups_per_unit, user=analyst.name, keep=False)
+                    max_groups_per_unit=entry.max_groups_per_unit, user=analyst.name, keep=False,
+                    data_key=entry.data_key)
                 self._datasets[(name, analyst.name)] = found
             return found
 
@@ -113,7 +114,9 @@ class Steward:
                 "columns": {c: str(t) for c, t in frame.dtypes.items()}, "policy": entry.policy,
                 "privacy_unit": entry.privacy_unit, "max_rows_per_unit": entry.max_rows_per_unit,
                 "max_groups_per_unit": entry.max_groups_per_unit, "epsilon": entry.epsilon,
-                "per_user_epsilon": entry.per_user_epsilon, "delta": entry.delta}
+                "per_user_epsilon": entry.per_user_epsilon, "delta": entry.delta,
+                # What all analysts together have left: pooled answers count against the dataset.
+                "epsilon_left": self.session.accountant.dataset_status(entry.name).epsilon_remaining}
 
     def describe(self, name: str, analyst: Analyst) -> dict:
         """What a kernel needs to build a private frame over ``name``: no rows, no statistics."""
