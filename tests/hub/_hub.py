@@ -53,10 +53,9 @@ def unavailable() -> str | None:
     if check.returncode:
         return "/usr/bin/python3 cannot make virtualenvs (install python3-venv)"
     try:
-        import jupyterhub  # noqa: F401
         import tornado  # noqa: F401
-    except ImportError as error:
-        return f"the test interpreter lacks {error.name} (pip install jupyterhub==6.1.1)"
+    except ImportError:
+        return "the test interpreter lacks tornado (it comes with jupyter_server and ipykernel)"
     return _postgres.unavailable()
 
 
@@ -199,6 +198,15 @@ def run_as(account: Account, command: list[str], *, env: dict | None = None, tim
     return result
 
 
+def hub_python(venv: Path) -> str:
+    """The test's own interpreter when it has jupyterhub, else the users' virtualenv's (which has it)."""
+    try:
+        import jupyterhub  # noqa: F401
+    except ImportError:
+        return str(venv / "bin" / "python")
+    return sys.executable
+
+
 def share_package(destination: Path) -> Path:
     """A world-readable copy of the checkout's jupyter_dpmagic package; the directory to put on PYTHONPATH."""
     source = Path(__file__).resolve().parents[2] / "jupyter_dpmagic"
@@ -324,6 +332,8 @@ class Hub:
         Where the shared copy of the package is.
     proxy : str
         The configurable-http-proxy executable.
+    python : str
+        The interpreter the hub runs with (as root); it must have jupyterhub.
     users : list of Account
         The hub's users (all of them OS accounts).
     granted : list of str
@@ -334,9 +344,9 @@ class Hub:
         The name of the service the analysts' kernels talk to (``DPMAGIC_STEWARD_URL``).
     """
 
-    def __init__(self, root: Path, *, venv: Path, pythonpath: Path, proxy: str, users: list[Account],
+    def __init__(self, root: Path, *, venv: Path, pythonpath: Path, proxy: str, python: str, users: list[Account],
                  granted: list[str], services: list[Service], steward_service: str = "dpmagic"):
-        self.root, self.venv, self.pythonpath, self.proxy = root, venv, pythonpath, proxy
+        self.root, self.venv, self.pythonpath, self.proxy, self.python = root, venv, pythonpath, proxy, python
         self.users, self.granted, self.services = users, granted, services
         self.steward_service = steward_service
         self.port, self.hub_port, self.api_port = free_port(), free_port(), free_port()
@@ -388,7 +398,7 @@ class Hub:
         config.write_text(self.config())
         environment = {**os.environ, "CONFIGPROXY_AUTH_TOKEN": secrets.token_hex(32)}
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(config)], cwd=self.root,
+            self.process = subprocess.Popen([self.python, "-m", "jupyterhub", "-f", str(config)], cwd=self.root,
                                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                             env=environment, start_new_session=True)
 

@@ -3,7 +3,8 @@
 Select these tests with ``-m hub`` (deselect with ``-m "not hub"``). They run as root only, and need
 useradd, node/npm (configurable-http-proxy is installed from npm on first use) and the PostgreSQL
 server binaries; elsewhere they are skipped, unless ``DPMAGIC_REQUIRE_HUB=1``, which makes a missing
-piece a failure. The first run builds a virtualenv for the test accounts under /opt (about a minute
+piece a failure. ``DPMAGIC_HUB_LOG=PATH`` keeps a copy of the hub's log (with its services'
+output) at PATH. The first run builds a virtualenv for the test accounts under /opt (about a minute
 and a half); later runs reuse it.
 """
 
@@ -208,10 +209,13 @@ def world():
                 steward, environment))
         hub_dir = root / "hub"
         hub_dir.mkdir(mode=0o700)
-        hub = _hub.Hub(hub_dir, venv=venv, pythonpath=pythonpath, proxy=proxy,
+        hub = _hub.Hub(hub_dir, venv=venv, pythonpath=pythonpath, proxy=proxy, python=_hub.hub_python(venv),
                        users=[accounts[w] for w in ("alice", "bob", "carol")],
                        granted=[accounts["alice"].name, accounts["bob"].name], services=services,
                        steward_service=STEWARD)
+        keep = os.environ.get("DPMAGIC_HUB_LOG")
+        if keep:
+            cleanup.callback(lambda: hub.log.exists() and shutil.copyfile(hub.log, keep))
         cleanup.callback(hub.stop)
         started = time.monotonic()
         hub.start()

@@ -8,6 +8,7 @@ steward instead of assuming what was spent before.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 
 import pytest
@@ -246,6 +247,10 @@ def test_the_steward_process_is_out_of_the_analysts_reach(needs_steward):
     assert all(_hub.process_uid(pid) == world.accounts["steward"].uid for pid in stewards)
     targets = {f"/proc/{pid}/environ": f"open('/proc/{pid}/environ', 'rb').read()" for pid in stewards}
     targets["the registry"] = f"open({str(world.registry)!r}).read()"
+    steward = world.accounts["steward"]
+    for path in (world.registry, world.data, world.policy, steward.home):
+        found = os.stat(path)
+        assert (found.st_uid, found.st_mode & 0o077) == (steward.uid, 0), f"{path} is open to others"
     for what, outcome in attempts(world.kernel("alice"), targets).items():
         assert outcome.startswith("PermissionError"), (what, outcome)
 
@@ -255,11 +260,20 @@ def test_the_steward_process_is_out_of_the_analysts_reach(needs_steward):
 
 def test_the_canary_never_leaves_the_steward(world):
     """Neither the planted value nor the planted diagnosis shows in any answer, kernel output or log."""
+    assert _hub.http("GET", f"{world.hub.url}/services/{world.probe}/who").status == 200
+    if world.steward:
+        # Everything the steward tells an analyst about the dataset, read directly.
+        for path in ("api/datasets", "api/budgets", f"api/datasets/{world.dataset}",
+                     f"api/datasets/{world.dataset}/budget", f"api/datasets/{world.dataset}/history"):
+            answer = steward_request(world, "GET", path, token=world.tokens["alice"])
+            assert answer.status == 200, (path, answer)
     world.hub.stop()  # the log is complete once the hub and its services have stopped
     log = world.hub.log.read_text(errors="replace")
-    assert f"/services/{world.probe}/who" in log, "the services' output is not in the hub's log"
+    # The services' own output (not the hub's or the proxy's lines about them) is in the log.
+    own = [line for line in log.splitlines() if "JupyterHub" not in line and "ConfigProxy" not in line]
+    assert any(f"/services/{world.probe}/who" in line for line in own), "the stand-in's output is not in the log"
     if world.steward:
-        assert world.name("steward") in log or "dpmagic" in log
+        assert any("/services/dpmagic/api/" in line for line in own), "the steward's output is not in the log"
     texts = {"the hub's log (with the services')": log,
              "the PostgreSQL server's log": world.postgres_log.read_text(errors="replace")
              if world.postgres_log.exists() else ""}
