@@ -34,7 +34,9 @@ def opened(kernel: _hub.Kernel) -> None:
 
 def spent(world, who: str) -> float:
     """What ``who`` spent of their budget, in the epsilon the releases asked for (a share of its rho)."""
-    return world.kernel(who).value('dp.budget("visits").epsilon_share_spent')
+    kernel = world.kernel(who)
+    opened(kernel)
+    return kernel.value('dp.budget("visits").epsilon_share_spent')
 
 
 def release(world, who: str, epsilon: float, code: str = "x = len(visits)") -> _hub.Output:
