@@ -18,6 +18,18 @@ __all__ = ["kind_of", "bounds_of", "dtype_kind"]
 NUMERIC, BOOL, TEXT, DATETIME, OTHER = "numeric", "bool", "text", "datetime", "other"
 
 
+def empty_frame(dtypes) -> "pd.DataFrame":
+    """A frame with these columns and dtypes and no rows (what a process that holds no rows keeps).
+
+    ``dtypes`` maps names to dtypes or their names; a categorical dtype has no categories here
+    (they would be data).
+    """
+    import pandas as pd
+
+    return pd.DataFrame({c: pd.Series(dtype=pd.api.types.pandas_dtype(str(t) if isinstance(t, pd.CategoricalDtype)
+                                                                        else t)) for c, t in dtypes.items()})
+
+
 def dtype_kind(dtype) -> str:
     """Map a pandas/numpy dtype to the coarse kinds used for validation."""
     import pandas as pd

@@ -12,6 +12,7 @@ from .accountant import BudgetStatus
 from .errors import PolicyError
 from .frame import PrivateFrame
 from .session import current_user, get_session
+from .sources import source
 from .tables import BudgetsTable, ChainTable, DatasetsTable, HistoryTable, PolicyTable
 
 __all__ = ["protect", "budget", "budgets", "budget_widget", "history", "policy", "datasets", "charges"]
@@ -19,13 +20,16 @@ __all__ = ["protect", "budget", "budgets", "budget_widget", "history", "policy",
 
 def protect(df: pd.DataFrame, *, name: str, epsilon: float, delta: float = 0.0, policy=None,
             privacy_unit: str | None = None, max_rows_per_unit: int = 1, max_groups_per_unit: int | None = None,
-            bounds: Mapping | None = None, categories: Mapping | None = None) -> PrivateFrame:
+            bounds: Mapping | None = None, categories: Mapping | None = None, engine: str | None = None,
+            spark=None) -> PrivateFrame:
     """Protect a DataFrame: from now on only DP releases of it leave ``%%dp`` cells.
 
     Parameters
     ----------
-    df : pandas.DataFrame
+    df : pandas.DataFrame, pyspark.sql.DataFrame or path
         The data. It is not copied out again; later edits of ``df`` do not change the protected data.
+        A Spark DataFrame, or the path of a Parquet table with ``engine="spark"``, stays on the
+        cluster: releases run there as Spark jobs, and only their aggregates reach this process.
     name : str
         The dataset's name in the budget ledger. Protecting the same data under the same name again
         (also after a kernel restart) continues the same budget.
@@ -51,6 +55,10 @@ def protect(df: pd.DataFrame, *, name: str, epsilon: float, delta: float = 0.0, 
     categories : mapping, optional
         ``{column: [values]}`` public group keys (empty groups are released too). Groups of a column
         without categories are chosen by DP partition selection, which needs ``delta > 0``.
+    engine : {"pandas", "spark"}, optional
+        Where releases are computed; by default where the data is.
+    spark : pyspark.sql.SparkSession, optional
+        The Spark session for a path or a pandas frame sent to Spark (the active one by default).
 
     Returns
     -------
@@ -62,7 +70,7 @@ def protect(df: pd.DataFrame, *, name: str, epsilon: float, delta: float = 0.0, 
     """
     hooks.install()
     live.install()
-    dataset = get_session().protect(df, name=name, epsilon=epsilon, delta=delta, policy=policy,
+    dataset = get_session().protect(source(df, engine=engine, spark=spark), name=name, epsilon=epsilon, delta=delta, policy=policy,
                                     privacy_unit=privacy_unit, max_rows_per_unit=max_rows_per_unit,
                                     max_groups_per_unit=max_groups_per_unit, bounds=bounds,
                                     categories=categories)

@@ -8,7 +8,6 @@ Everything that releases anything goes through it, so charge-before-release live
 from __future__ import annotations
 
 import getpass
-import hashlib
 import math
 import os
 import threading
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._analysis import bounds_of, dtype_kind
+from ._analysis import bounds_of, dtype_kind, empty_frame
 from ._draft import calibrate as _calibrate, draft as _draft
 from .accountant import Accountant, Cost, check_delta, check_epsilon, epsilon_delta_to_rho
 from .bounds import ESTIMATE_SHARE, EstimatedBounds, bounds_from, estimation_primitive, estimation_refusal
@@ -52,21 +51,6 @@ def ledger_location(configured: str | None = None) -> str:
     from jupyter_core.paths import jupyter_data_dir
 
     return str(Path(jupyter_data_dir()) / "dpmagic" / "ledger.sqlite")
-
-
-def fingerprint(frame: pd.DataFrame, *, block: int = 2**20) -> str:
-    """A content hash of the protected data (column names, dtypes and every value, not the index).
-
-    Hashed in blocks of rows so that protecting a large table needs little extra memory; the digest
-    does not depend on the block size.
-    """
-    digest = hashlib.sha256()
-    for name, dtype in frame.dtypes.items():
-        digest.update(f"{name}\x1f{dtype}\x1e".encode())
-    for start in range(0, len(frame), block):
-        rows = frame.iloc[start:start + block]
-        digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
-    return digest.hexdigest()
 
 
 @dataclass
@@ -118,7 +102,7 @@ class Derived:
         return replace(query, measures=tuple(Count(Col(c)) for c in self.columns), by=())
 
     def run(self, dataset: "Dataset", draft) -> Exact:
-        rows = dataset.engine.rows(replace(draft.query, measures=()), list(self.columns))
+        rows = _rows(dataset, replace(draft.query, measures=()), self.columns, self.what)
         try:
             frame = self.compute(rows)
             # Rows are already filtered and bounded per person; the draft's noise counts max_rows.
@@ -228,19 +212,29 @@ class Session:
         salted one, since its analysts see the ledger's hashes and must not be able to confirm a
         guess of the data with them.
         """
-        if not isinstance(frame, pd.DataFrame):
+        if isinstance(frame, pd.DataFrame):
+            bad = [c for c in frame.columns if not isinstance(c, str)]
+            if bad:
+                raise PolicyError(f"column names must be text; rename {bad[:3]!r} first, "
+                                  "e.g. df.columns = df.columns.astype(str).")
+            if frame.columns.duplicated().any():
+                raise PolicyError("column names must be unique; rename the duplicated columns first.")
+            # pandas 3 copy-on-write (hence pandas>=3) makes this shallow copy immune to later edits of
+            # the caller's frame, without doubling the memory.
+            data = frame.copy(deep=False)
+            engine = LocalEngine(data)
+        elif type(frame).__module__.startswith("jupyter_dpmagic.engine."):
+            # Data another engine holds (Spark): this process keeps its columns and dtypes, no rows.
+            engine = frame
+            data = empty_frame(engine.dtypes())
+        else:
             kind = type(frame).__name__
             hint = " It is already protected." if kind == "PrivateFrame" else ""
             raise PolicyError(f"protect() takes a pandas DataFrame, not a {kind}.{hint}")
         if not isinstance(name, str) or not name.strip():
             raise PolicyError("protect() needs a dataset name: pass name='visits' (any non-empty text).")
         name = name.strip()
-        bad = [c for c in frame.columns if not isinstance(c, str)]
-        if bad:
-            raise PolicyError(f"column names must be text; rename {bad[:3]!r} first, "
-                              "e.g. df.columns = df.columns.astype(str).")
-        if frame.columns.duplicated().any():
-            raise PolicyError("column names must be unique; rename the duplicated columns first.")
+        columns = list(data.columns)
         epsilon = check_epsilon(epsilon)
         delta = check_delta(delta)
         policy = _load_policy(policy)
@@ -250,15 +244,15 @@ class Session:
                 raise PolicyError(f"{what}= takes a dict from column name to its {what}, e.g. {what}={example} "
                                   f"(got {type(mapping).__name__}).")
             for column in (mapping or {}):
-                _require_column(column, frame.columns, where=f"{what}=")
+                _require_column(column, columns, where=f"{what}=")
         policy = policy.with_columns(bounds=bounds, categories=categories)
         if privacy_unit is not None:
-            _require_column(privacy_unit, frame.columns, where="privacy_unit=")
-            missing = frame[privacy_unit].isna()
-            if len(frame) and missing.all():
+            _require_column(privacy_unit, columns, where="privacy_unit=")
+            missing = engine.unit_missing(privacy_unit)
+            if missing == "all":
                 raise PolicyError(f"the privacy unit '{privacy_unit}' is empty in every row; name the column "
                                   "that identifies the person (e.g. privacy_unit='patient_id').")
-            if missing.any():
+            if missing == "some":
                 raise PolicyError(f"some rows have no '{privacy_unit}', so their person cannot be bounded; "
                                   "drop or fill those rows before protect().")
         for what, value in (("max_rows_per_unit", max_rows_per_unit), ("max_groups_per_unit", max_groups_per_unit)):
@@ -266,13 +260,13 @@ class Session:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise PolicyError(f"{what} must be a whole number >= 1 (got {value!r}).")
-        empty = [c for c in frame.columns if len(frame) and frame[c].isna().all()]
+        empty = engine.empty_columns()
         if empty:
             # Said now, to whoever holds the data: refusing such a column later, at query time, would
             # tell analysts that nobody has a value, a fact no noise would cover.
             raise PolicyError(f"column(s) {', '.join(map(repr, empty))} hold no values at all; drop them "
                               f"before protect(): df.drop(columns={empty!r}).")
-        constant = _constant_unbounded(frame, policy, privacy_unit)
+        constant = engine.constant_numeric(_unbounded_estimated(data.dtypes, policy, privacy_unit))
         if constant:
             # Said to whoever holds the data, as for empty columns: estimating bounds of a column
             # with one value would spend budget to learn nothing, and refusing it at query time
@@ -283,16 +277,13 @@ class Session:
         if (max_rows_per_unit > 1 or max_groups_per_unit is not None) and privacy_unit is None:
             raise PolicyError("max_rows_per_unit and max_groups_per_unit need privacy_unit= (the column that "
                               "names the person).")
-        # pandas 3 copy-on-write (hence pandas>=3) makes this shallow copy immune to later edits of
-        # the caller's frame, without doubling the memory.
-        data = frame.copy(deep=False)
         with self._lock:
             record = self.accountant.open(name=name, user=user or current_user(),
-                                          fingerprint=data_key or fingerprint(data),
+                                          fingerprint=data_key or engine.fingerprint(),
                                           epsilon=epsilon, delta=delta)
             dataset = Dataset(
                 name=name, user=record.user, frame=data, policy=policy, unit=privacy_unit,
-                max_rows=int(max_rows_per_unit), record=record, engine=LocalEngine(data),
+                max_rows=int(max_rows_per_unit), record=record, engine=engine,
                 schema={c: dtype_kind(t) for c, t in data.dtypes.items()},
                 max_groups=None if max_groups_per_unit is None else int(max_groups_per_unit),
             )
@@ -486,8 +477,8 @@ class Session:
         units = _model_units(record, epsilon)
         self._check_scope_caps(scope, dataset, units)
         self._check_affordable(record, units, f"training {describe_text} needs ε={epsilon:.4g}")
+        rows = _rows(dataset, query, columns, f"training {describe_text}")
         try:
-            rows = dataset.engine.rows(query, list(columns))
             model, spent, spent_delta, mechanism = fit(rows, epsilon / dataset.max_rows)
         except PrivacyError:
             raise
@@ -694,6 +685,18 @@ def _info(dataset: Dataset, query: Query, mechanism: str, cost: Cost, charge_id:
                        purpose=purpose, tier=tier, charge_id=charge_id, notes=tuple(notes))
 
 
+def _rows(dataset: Dataset, query: Query, columns, what: str):
+    """The filtered, per-person bounded rows a model works on, where the engine keeps rows in this process."""
+    try:
+        return dataset.engine.rows(query, list(columns))
+    except NotImplementedError:
+        raise PolicyError(f"{what} needs the rows in this process, and '{dataset.name}' stays on Spark, which "
+                          "computes only aggregates here. GaussianNB is fitted from releases and works with Spark; other "
+                          "scikit-learn models need data protected with the pandas engine.") from None
+    except Exception as error:
+        raise PrivacyError(f"{what} failed on the data ({type(error).__name__}); nothing was charged.") from None
+
+
 def _run(dataset: Dataset, query: Query, primitives) -> Exact:
     """Exact values from the engine; a failure charges nothing and says nothing about the data."""
     try:
@@ -832,18 +835,15 @@ def _units_for_accuracy(query: Query, accuracy, record: BudgetRecord, selection_
     return high
 
 
-def _constant_unbounded(frame: pd.DataFrame, policy: Policy, unit: str | None) -> list[str]:
-    """Numeric columns without bounds, whose bounds the policy would estimate, that hold one value."""
+def _unbounded_estimated(dtypes, policy: Policy, unit: str | None) -> list[str]:
+    """Numeric columns without bounds whose bounds the policy would estimate."""
     found = []
-    for name, dtype in frame.dtypes.items():
-        if name == unit or dtype_kind(dtype) != "numeric" or not len(frame):
+    for name, dtype in dtypes.items():
+        if name == unit or dtype_kind(dtype) != "numeric":
             continue
         resolved = policy.resolve(name, dtype)
-        if resolved.bounds is not None or resolved.tier == "identifier" or \
-                policy.tier(resolved.tier).missing_bounds != "estimate":
-            continue
-        values = frame[name]
-        if values.min() == values.max():
+        if resolved.bounds is None and resolved.tier != "identifier" and \
+                policy.tier(resolved.tier).missing_bounds == "estimate":
             found.append(name)
     return found
 

@@ -22,10 +22,9 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 
-import pandas as pd
 
 from . import wire
-from ._analysis import dtype_kind
+from ._analysis import dtype_kind, empty_frame
 from .bounds import EstimatedBounds
 from .context import Scope
 from .errors import BudgetExceededError, PolicyError, PrivacyError, StewardError
@@ -268,7 +267,7 @@ def _dataset(client: StewardClient, name: str) -> Dataset:
     meta = client.describe(name)
     # No rows: the frame gives the proxies column names and dtypes (a categorical dtype travels as
     # "category", without its categories, which would be data).
-    frame = pd.DataFrame({c: pd.Series(dtype=pd.api.types.pandas_dtype(t)) for c, t in meta["columns"].items()})
+    frame = empty_frame(meta["columns"])
     dataset = Dataset(
         name=meta["name"], user=meta["user"], frame=frame, policy=Policy.from_dict(meta["policy"]),
         unit=meta["privacy_unit"], max_rows=meta["max_rows_per_unit"], record=meta["record"], engine=None,

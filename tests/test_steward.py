@@ -425,7 +425,7 @@ def test_the_steward_on_a_postgresql_ledger(tmp_path, postgres_cluster):
 def test_what_analysts_see_cannot_confirm_a_guess_of_the_data(served, registered, tmp_path):
     """The ledger's hashes cover the data's key; a bare hash of the table would let someone who
     guessed every row check the guess, so the steward's key is salted and never sent."""
-    from jupyter_dpmagic.session import fingerprint
+    from jupyter_dpmagic.engine.local import fingerprint
 
     bare = fingerprint(pd.read_csv(tmp_path / "visits.csv"))
     visits = _as(served, "alice-token")

@@ -6,6 +6,7 @@ epsilon and never adds noise. Its outputs are integers whose sensitivity the pri
 
 from __future__ import annotations
 
+import hashlib
 import operator
 import secrets
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from ..plan import ARITHMETIC
 from ..plan import (AsType, BinCounts, Between, BinOp, Clip, Col, Expr, FillNA, FixedSum, IsIn, IsNA, Lit,
                     Part, Query, QuantileScores, RowCount, UnOp)
 
-__all__ = ["LocalEngine", "Exact"]
+__all__ = ["LocalEngine", "Exact", "fingerprint"]
 
 # Rows per block of fixed-point work: small enough to stay in cache, and a float64 sum of a block's
 # integer terms (each at most 2**23 in size) stays below 2**53, so it never rounds.
@@ -29,6 +30,21 @@ _BINARY = {
     "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
     ">=": operator.ge, "&": operator.and_, "|": operator.or_, "^": operator.xor,
 }
+
+
+def fingerprint(frame: pd.DataFrame, *, block: int = 2**20) -> str:
+    """A content hash of the protected data (column names, dtypes and every value, not the index).
+
+    Hashed in blocks of rows so that protecting a large table needs little extra memory; the digest
+    does not depend on the block size.
+    """
+    digest = hashlib.sha256()
+    for name, dtype in frame.dtypes.items():
+        digest.update(f"{name}\x1f{dtype}\x1e".encode())
+    for start in range(0, len(frame), block):
+        rows = frame.iloc[start:start + block]
+        digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
 
 
 class Exact(list):
@@ -56,6 +72,34 @@ class LocalEngine:
         self._unit_codes: dict[str, np.ndarray] = {}
         # (split token, unit) -> one uniform draw per row, equal for all rows of a person.
         self._splits: dict[tuple, np.ndarray] = {}
+
+    # ------------------------------------------------------- facts for whoever holds the data
+    # What protect() checks before any analyst sees the dataset (the Spark engine answers the same).
+    def dtypes(self) -> dict:
+        """Column name -> pandas dtype."""
+        return dict(self._frame.dtypes.items())
+
+    def empty_columns(self) -> list[str]:
+        """Columns without a single value (none when there are no rows)."""
+        if not self._n:
+            return []
+        return [c for c in self._frame.columns if self._frame[c].isna().all()]
+
+    def constant_numeric(self, columns) -> list[str]:
+        """Those of ``columns`` whose smallest and largest values are equal (none when there are no rows)."""
+        if not self._n:
+            return []
+        return [c for c in columns if self._frame[c].min() == self._frame[c].max()]
+
+    def unit_missing(self, unit: str) -> str:
+        """``"all"`` (at least one row, none with a value), ``"some"`` or ``"none"``."""
+        missing = self._frame[unit].isna()
+        if self._n and missing.all():
+            return "all"
+        return "some" if missing.any() else "none"
+
+    def fingerprint(self) -> str:
+        return fingerprint(self._frame)
 
     # ------------------------------------------------------------------------------------ public
     def run(self, query: Query, primitives: Sequence) -> Exact:

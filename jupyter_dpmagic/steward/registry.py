@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import PolicyError
-from ..session import fingerprint
+from ..engine.local import fingerprint
 
 __all__ = ["Entry", "Registry", "read_table"]
 

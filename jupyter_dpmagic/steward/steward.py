@@ -19,7 +19,8 @@ from ..context import Accuracy, Scope
 from ..accountant import check_epsilon
 from ..errors import PolicyError, PrivacyError
 from ..policy import Policy
-from ..session import Dataset, Released, Session, fingerprint
+from ..engine.local import fingerprint
+from ..session import Dataset, Released, Session
 from .registry import Entry, Registry, read_table
 
 __all__ = ["Analyst", "Steward", "NotFound"]
