@@ -135,7 +135,10 @@ def _serve(args) -> int:
     if not args.ledger:
         print(f"give the ledger: --ledger PATH_OR_URL (or ${LEDGER_ENV})", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="[steward %(asctime)s %(levelname)s] %(message)s")
+    # Our own lines and the access log (method, path, status); other libraries only when they warn.
+    logging.basicConfig(level=logging.WARNING, format="[steward %(asctime)s %(levelname)s] %(message)s")
+    for name in ("jupyter_dpmagic.steward", "tornado.access"):
+        logging.getLogger(name).setLevel(logging.INFO)
     service_url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", ""))
     ip = args.ip or service_url.hostname or "127.0.0.1"
     port = args.port or service_url.port or 10101

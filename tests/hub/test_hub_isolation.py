@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 
 import pytest
@@ -258,6 +259,21 @@ def test_the_steward_process_is_out_of_the_analysts_reach(needs_steward):
 
 
 # -------------------------------------------------------------------------------- last: the logs
+
+
+def test_a_revoked_token_stops_working_within_seconds(needs_steward):
+    world = needs_steward
+    name = world.name("alice")
+    made = world.hub.api("POST", f"users/{name}/tokens", {"note": "revoked", "expires_in": 3600})
+    path = f"api/datasets/{world.dataset}/budget"
+    assert steward_request(world, "GET", path, token=made["token"]).status == 200  # now cached by the steward
+    world.hub.api("DELETE", f"users/{name}/tokens/{made['id']}")
+    revoked = time.monotonic()
+    while steward_request(world, "GET", path, token=made["token"]).status == 200:
+        assert time.monotonic() - revoked < 15, "the steward still accepts a token revoked 15 s ago"
+        time.sleep(0.5)
+    # The steward caches the hub's answer for 5 s (jupyter_dpmagic.steward.auth.CACHE_SECONDS).
+    assert time.monotonic() - revoked < 5 + 3
 
 
 def test_the_canary_never_leaves_the_steward(world):
