@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     register.add_argument("--name", required=True, help="the dataset's name, as analysts will open it")
     register.add_argument("--file", required=True, help="the data: a .csv or .parquet file")
     register.add_argument("--format", choices=("csv", "parquet"), help="when the file's suffix does not say")
+    register.add_argument("--engine", choices=("pandas", "spark"), default="pandas",
+                          help="where releases are computed: in the steward's memory, or as Spark jobs "
+                               "(master from $DPMAGIC_SPARK_MASTER, local[*] by default)")
     register.add_argument("--epsilon", type=float, required=True,
                           help="the dataset-wide budget: what all analysts together may spend")
     register.add_argument("--per-user-epsilon", type=float, required=True, help="each analyst's budget")
@@ -86,7 +89,7 @@ def _register(args) -> int:
         print(f"give the ledger: --ledger PATH_OR_URL (or ${LEDGER_ENV})", file=sys.stderr)
         return 2
     registry = Registry.load(args.registry)
-    frame, kind = read_table(args.file, args.format)
+    frame, kind = read_table(args.file, args.format, engine=args.engine)
     policy = Policy.from_toml(args.policy) if args.policy else Policy.builtin()
     if args.per_user_epsilon > args.epsilon:
         print("--per-user-epsilon is more than the dataset-wide --epsilon; no analyst could spend it all.",
@@ -100,7 +103,8 @@ def _register(args) -> int:
                       privacy_unit=args.privacy_unit, max_rows_per_unit=args.max_rows_per_unit,
                       max_groups_per_unit=args.max_groups_per_unit, user="registration", keep=False)
         check.accountant.ledger.close()
-    entry = new_entry(name=args.name, file=args.file, kind=kind, frame=frame, epsilon=args.epsilon,
+    entry = new_entry(name=args.name, file=args.file, kind=kind, table=frame, engine=args.engine,
+                      epsilon=args.epsilon,
                       per_user_epsilon=args.per_user_epsilon, delta=args.delta, policy=policy.to_dict(),
                       privacy_unit=args.privacy_unit, max_rows_per_unit=args.max_rows_per_unit,
                       max_groups_per_unit=args.max_groups_per_unit, allow=tuple(args.allow),

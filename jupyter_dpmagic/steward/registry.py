@@ -21,7 +21,7 @@ import pandas as pd
 from ..errors import PolicyError
 from ..engine.local import fingerprint
 
-__all__ = ["Entry", "Registry", "read_table"]
+__all__ = ["Entry", "Registry", "read_table", "table_fingerprint", "spark_session"]
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -45,6 +45,7 @@ class Entry:
     registered: str = ""
     description: str = ""
     salt: str = ""
+    engine: str = "pandas"  # or "spark": the table stays in Spark, releases run as Spark jobs
 
     @property
     def data_key(self) -> str:
@@ -104,23 +105,50 @@ class Registry:
             raise
 
 
-def read_table(path, kind: str | None = None) -> tuple[pd.DataFrame, str]:
-    """The table in a CSV or Parquet file, and its format."""
+def read_table(path, kind: str | None = None, *, engine: str = "pandas", spark=None):
+    """The table in a CSV or Parquet file (a pandas frame, or a Spark engine over it), and its format."""
     path = Path(path)
     kind = kind or FORMATS.get(path.suffix.lower())
     if kind is None:
         raise PolicyError(f"{path.name}: the steward reads .csv and .parquet files; convert it, or pass "
                           "--format csv|parquet.")
+    if not path.exists():
+        raise PolicyError(f"no file {path}; give the path of the data file (--file).")
+    if engine == "spark":
+        from ..sources import source
+
+        session = spark or spark_session()
+        frame = session.read.parquet(str(path)) if kind == "parquet" else \
+            session.read.csv(str(path), header=True, inferSchema=True)
+        return source(frame, engine="spark"), kind
     try:
         frame = pd.read_parquet(path) if kind == "parquet" else pd.read_csv(path)
-    except FileNotFoundError:
-        raise PolicyError(f"no file {path}; give the path of the data file (--file).") from None
     except ImportError:
         raise PolicyError("reading Parquet needs pyarrow: pip install pyarrow.") from None
     return frame, kind
 
 
-def new_entry(*, name: str, file, kind: str, frame: pd.DataFrame, **settings) -> Entry:
-    return Entry(name=name, file=str(Path(file).resolve()), format=kind, fingerprint=fingerprint(frame),
+def table_fingerprint(table) -> str:
+    """The content hash of a table read by :func:`read_table` (each engine computes its own)."""
+    return fingerprint(table) if isinstance(table, pd.DataFrame) else table.fingerprint()
+
+
+def spark_session(master: str | None = None):
+    """The steward's Spark session: local by default, bound to the loopback interface, no web UI."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise PolicyError("--engine spark needs pyspark (pip install pyspark) and Java 17 or newer.") from None
+    builder = SparkSession.builder.appName("jupyter-dpmagic-steward")
+    if master or not SparkSession.getActiveSession():
+        builder = builder.master(master or os.environ.get("DPMAGIC_SPARK_MASTER", "local[*]"))
+    for key, value in {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+                       "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def new_entry(*, name: str, file, kind: str, table, **settings) -> Entry:
+    return Entry(name=name, file=str(Path(file).resolve()), format=kind, fingerprint=table_fingerprint(table),
                  registered=datetime.now(timezone.utc).isoformat(timespec="seconds"), salt=secrets.token_hex(32),
                  **settings)

@@ -14,14 +14,15 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import pandas as pd
+
 from .. import plan
 from ..context import Accuracy, Scope
 from ..accountant import check_epsilon
 from ..errors import PolicyError, PrivacyError
 from ..policy import Policy
-from ..engine.local import fingerprint
 from ..session import Dataset, Released, Session
-from .registry import Entry, Registry, read_table
+from .registry import Entry, Registry, read_table, table_fingerprint
 
 __all__ = ["Analyst", "Steward", "NotFound"]
 
@@ -66,12 +67,12 @@ class Steward:
 
     def _load(self, entry: Entry) -> None:
         try:
-            frame, _ = read_table(entry.file, entry.format)
+            frame, _ = read_table(entry.file, entry.format, engine=entry.engine)
         except PolicyError as error:
             self._unavailable[entry.name] = "its data file cannot be read"
             log.error("dataset %s not served: %s", entry.name, error)
             return
-        if fingerprint(frame) != entry.fingerprint:
+        if table_fingerprint(frame) != entry.fingerprint:
             self._unavailable[entry.name] = "its data changed after it was registered"
             log.error("dataset %s not served: the file %s changed since it was registered; register it again "
                       "under a new name", entry.name, entry.file)
@@ -110,9 +111,10 @@ class Steward:
                 if entry.allows(analyst.name, analyst.groups) and name in self._tables]
 
     def _public(self, entry: Entry) -> dict:
-        frame = self._tables[entry.name]
+        table = self._tables[entry.name]
+        dtypes = table.dtypes.items() if isinstance(table, pd.DataFrame) else table.dtypes().items()
         return {"name": entry.name, "description": entry.description,
-                "columns": {c: str(t) for c, t in frame.dtypes.items()}, "policy": entry.policy,
+                "columns": {c: str(t) for c, t in dtypes}, "policy": entry.policy, "engine": entry.engine,
                 "privacy_unit": entry.privacy_unit, "max_rows_per_unit": entry.max_rows_per_unit,
                 "max_groups_per_unit": entry.max_groups_per_unit, "epsilon": entry.epsilon,
                 "per_user_epsilon": entry.per_user_epsilon, "delta": entry.delta,
