@@ -4,6 +4,7 @@ grouped means with a privacy unit, interval coverage and the leak rate of partit
 
     python bench/run.py            # full run (1e6 and 1e7 rows), about 5-10 minutes on 2 cores
     python bench/run.py --quick    # 1e6 rows only, fewer repetitions, about 1 minute
+    python bench/run.py --spark    # then the Spark engine and its anchors on 1e7 rows (bench/spark.py)
 
 Prints readable tables and a "goals" section, and writes everything (raw timings included) to
 bench/results/latest.json. See bench/README.md for what is measured and how.
@@ -1559,6 +1560,9 @@ def main(argv=None) -> int:
                         help="comma-separated subset of " + ",".join(SECTIONS))
     parser.add_argument("--out", default=str(HERE / "results" / "latest.json"), help="where to write the JSON")
     parser.add_argument("--memory-worker", nargs=3, metavar=("KIND", "N", "COLUMN"), help=argparse.SUPPRESS)
+    parser.add_argument("--spark", action="store_true",
+                        help="then the Spark engine against plain PySpark, Tumult Analytics and PipelineDP on 1e7 "
+                             "rows (1e6 with --quick), about 30 minutes more; see bench/spark.py")
     args = parser.parse_args(argv)
     if args.memory_worker:
         kind, n, column = args.memory_worker
@@ -1624,9 +1628,14 @@ def main(argv=None) -> int:
             bench_leak(cfg, dp, results)
         if "memory" in sections:
             bench_memory(cfg, results)
+        if args.spark:  # timings: the ledger goes back to the real disk
+            import spark as spark_bench
+
+            os.environ["DPMAGIC_LEDGER"] = os.path.join(ledger_dir, "ledger.sqlite")
+            results["spark"] = spark_bench.run(args.quick, log=lambda text: print(text, flush=True))
     finally:
         _cleanup()
-    goals = evaluate_goals(cfg, results, args.quick)
+    goals = evaluate_goals(cfg, results, args.quick) + results.get("spark", {}).get("goals", [])
     results["goals"] = goals
     meta["loadavg_end"] = os.getloadavg()
     meta["elapsed_s"] = time.perf_counter() - started
