@@ -395,7 +395,7 @@ def measure(cfg: dict, log=print) -> dict:
             f"{data['rows_kept_by_bounding']:,} rows left after at most {MAX_ROWS} per patient")
         # Anchor environments first: an install must not run during a timing.
         venvs = {}
-        for anchor in ANCHORS:
+        for anchor in [a for a in ANCHORS if a in cfg["anchors"]]:
             venvs[anchor] = out["engines"][anchor]["environment"] = anchor_venv(anchor, log)
             if "error" in venvs[anchor]:
                 log(f"  {ANCHOR_LABELS[anchor]}: {venvs[anchor]['error']}")
@@ -403,6 +403,9 @@ def measure(cfg: dict, log=print) -> dict:
         gc.collect()
         for anchor, (_, _, _, queries, rows_key) in ANCHORS.items():
             entry = out["engines"][anchor]
+            if anchor not in cfg["anchors"]:
+                entry["error"] = "not run (--anchors)"
+                continue
             if "error" in venvs[anchor]:
                 entry["error"] = venvs[anchor]["error"]
                 continue
@@ -516,9 +519,9 @@ def evaluate_goals(out: dict) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------- main
-def run(quick: bool = False, log=print, rows: int | None = None) -> dict:
+def run(quick: bool = False, log=print, rows: int | None = None, anchors=tuple(ANCHORS)) -> dict:
     """Entry point for bench/run.py --spark: measure, print the table, return the "spark" dict."""
-    cfg = dict(QUICK if quick else FULL)
+    cfg = dict(QUICK if quick else FULL, anchors=list(anchors))
     if rows:  # a smaller run (for trying the set-up): PipelineDP gets a tenth of the rows
         cfg.update(n=rows, patients=max(1, rows // 10), pipelinedp_n=max(10, rows // 10),
                    pipelinedp_patients=max(1, rows // 100))
@@ -542,8 +545,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(HERE / "results" / "latest.json"),
                         help="JSON to merge the results into (under 'spark')")
     parser.add_argument("--rows", type=int, help="rows of the Parquet file instead of 1e7 (1e6 with --quick)")
+    parser.add_argument("--anchors", default=",".join(ANCHORS),
+                        help=f"comma-separated subset of {','.join(ANCHORS)}, or 'none'")
     args = parser.parse_args(argv)
-    out = run(args.quick, log=lambda text: print(text, flush=True), rows=args.rows)
+    anchors = [a.strip() for a in args.anchors.split(",") if a.strip() and a.strip() != "none"]
+    unknown = set(anchors) - set(ANCHORS)
+    if unknown:
+        parser.error(f"unknown anchors: {', '.join(sorted(unknown))}")
+    out = run(args.quick, log=lambda text: print(text, flush=True), rows=args.rows, anchors=anchors)
     path = Path(args.out)
     merged = {}
     if path.exists():
