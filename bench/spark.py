@@ -194,15 +194,23 @@ def protect_kwargs(name: str) -> dict:
                 categories={"ward": WARDS}, bounds={"value": VALUE_BOUNDS})
 
 
-def protect_spark(dp, spark, path: str):
-    """jupyter-dpmagic's Spark engine on the Parquet file; raises when the engine is not available."""
+def protect_spark(dp, spark, path: str, entry: dict):
+    """jupyter-dpmagic's Spark engine on the Parquet file; raises when the engine is not available.
+
+    Protects the path; if that is refused, the Spark DataFrame read from the same path (``entry["route"]``
+    says which one was measured, ``entry["path_error"]`` why the path was refused)."""
     kwargs = protect_kwargs("spark_visits")
     try:
-        return dp.protect(path, engine="spark", spark=spark, **kwargs)
-    except TypeError as exc:
-        if "spark" not in str(exc) or "engine" in str(exc):
-            raise
-        return dp.protect(path, engine="spark", **kwargs)  # the active session then
+        frame = dp.protect(path, engine="spark", spark=spark, **kwargs)
+        entry["route"] = "dp.protect(path, engine='spark', spark=session)"
+        return frame
+    except Exception as exc:  # noqa: BLE001
+        if "engine" in str(exc) and isinstance(exc, TypeError):
+            raise  # no engine= at all
+        entry["path_error"] = _error_text(exc)
+    frame = dp.protect(spark.read.parquet(path), engine="spark", **protect_kwargs("spark_visits_df"))
+    entry["route"] = "dp.protect(spark.read.parquet(path), engine='spark')"
+    return frame
 
 
 # ---------------------------------------------------------------------------------------- anchors
@@ -335,7 +343,7 @@ def measure_in_process(cfg: dict, path: str, out: dict, log) -> None:
         # Our Spark engine: guarded, its API may be missing in this version of the package.
         try:
             start = time.perf_counter()
-            frame = protect_spark(dp, spark, path)
+            frame = protect_spark(dp, spark, path, ours_spark)
             ours_spark["protect_s"] = time.perf_counter() - start
             calls.update({("spark_engine", q): fn for q, fn in _release_calls(dp, frame).items()})
         except Exception as exc:  # noqa: BLE001
@@ -485,6 +493,10 @@ def print_report(out: dict) -> None:
         extra = ", ".join(f"{k} {fmt_time(entry[k])}" for k in ("read_s", "protect_s") if k in entry)
         if extra:
             print(f"  {engine}: {extra} (once, not per query)")
+    if engines.get("spark_engine", {}).get("route"):
+        spark_entry = engines["spark_engine"]
+        print(f"  our Spark engine: {spark_entry['route']}"
+              + (f" (the path was refused: {spark_entry['path_error']})" if "path_error" in spark_entry else ""))
     if "session_start_s" in out:
         print(f"  Spark session start (this process): {out['session_start_s']:.1f} s, not in the per-query times")
     for anchor in ANCHORS:
