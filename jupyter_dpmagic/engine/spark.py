@@ -43,12 +43,22 @@ def _functions():
 
 
 class _V:
-    """A Spark column (or a Python literal: ``lit=True``) and the kind of its pandas counterpart."""
+    """A Spark column (or a Python literal: ``lit=True``) and the kind of its pandas counterpart.
 
-    __slots__ = ("col", "kind", "lit")
+    ``source``: the column is a plain reference to a source column (cheap to use many times).
+    """
 
-    def __init__(self, col, kind: str, lit: bool = False):
-        self.col, self.kind, self.lit = col, kind, lit
+    __slots__ = ("col", "kind", "lit", "source")
+
+    def __init__(self, col, kind: str, lit: bool = False, source: bool = False):
+        self.col, self.kind, self.lit, self.source = col, kind, lit, source
+
+
+def _bind(value: "_V", fn):
+    """``fn(value's column)``, computing a derived column once however often ``fn`` uses it."""
+    if value.lit or value.source:
+        return fn(value.col)
+    return _let(fn, value.col)
 
 
 def _literal_kind(value) -> str:
@@ -305,7 +315,9 @@ class SparkEngine:
         if isinstance(expr, Col):
             kind = self._source_kind(expr.name)
             col = F.col(_q(expr.name))
-            return _V(col.cast("double") if kind == "f" and not _is_double(self._types[expr.name]) else col, kind)
+            if kind == "f" and not _is_double(self._types[expr.name]):
+                return _V(col.cast("double"), kind)
+            return _V(col, kind, source=True)
         if isinstance(expr, Lit):
             return _V(expr.value, _literal_kind(expr.value), lit=True)
         if isinstance(expr, BinOp):
@@ -315,10 +327,13 @@ class SparkEngine:
                 if left.lit and right.lit:
                     return _V({"&": a & b, "|": a | b, "^": a ^ b}[expr.op], "b", lit=True)
                 a, b = _c(a), _c(b)
-                result = {"&": a & b, "|": a | b, "^": (a & ~b) | (~a & b)}[expr.op]
+                result = a & b if expr.op == "&" else a | b if expr.op == "|" else _let(lambda a, b: a != b, a, b)
                 return _V(result, "b")
             if expr.op in ARITHMETIC:
-                return _V(_arithmetic(expr.op, _as_float(left), _as_float(right)), "f")
+                a, b = _as_float(left), _as_float(right)
+                if left.lit and right.lit:
+                    return _V(_arithmetic_scalars(expr.op, a, b), "f", lit=True)
+                return _V(_arithmetic(expr.op, a, b), "f")
             return _V(_compare(expr.op, left, right), "b")
         if isinstance(expr, UnOp):
             inner = ev(expr.operand)
@@ -333,17 +348,23 @@ class SparkEngine:
             return _V(-_c(inner.col), inner.kind)
         if isinstance(expr, IsIn):
             inner = ev(expr.operand)
-            test = F.lit(False)
-            for value in expr.values:
-                test = test | _isin_one(inner, value)
-            return _V(test, "b")
+
+            def isin(v):
+                test = F.lit(False)
+                for value in expr.values:
+                    test = test | _isin_one(_V(v, inner.kind, inner.lit), value)
+                return test
+            return _V(_bind(inner, isin), "b")
         if isinstance(expr, Between):
             inner = ev(expr.operand)
             low_op = ">=" if expr.inclusive in ("both", "left") else ">"
             high_op = "<=" if expr.inclusive in ("both", "right") else "<"
-            low = _compare(low_op, inner, _V(expr.low, _literal_kind(expr.low), lit=True))
-            high = _compare(high_op, inner, _V(expr.high, _literal_kind(expr.high), lit=True))
-            return _V(low & high, "b")
+
+            def between(v):
+                value = _V(v, inner.kind, inner.lit)
+                return (_compare(low_op, value, _V(expr.low, _literal_kind(expr.low), lit=True))
+                        & _compare(high_op, value, _V(expr.high, _literal_kind(expr.high), lit=True)))
+            return _V(_bind(inner, between), "b")
         if isinstance(expr, IsNA):
             inner = ev(expr.operand)
             if inner.lit:
@@ -556,56 +577,56 @@ def _as_bool(value: _V):
     return value.col.isNotNull()
 
 
+def _let(fn, *cols):
+    """``fn`` of the values of ``cols``, each computed once however often ``fn`` refers to it.
+
+    Spark expressions are trees: a nested expression used twice is evaluated (and planned) twice, so
+    nested arithmetic would grow exponentially. A lambda over a one-element array binds the values.
+    """
+    F = _functions()
+    packed = F.array(F.struct(*[_c(c).alias(f"v{i}") for i, c in enumerate(cols)]))
+    return F.transform(packed, lambda s: fn(*[s[f"v{i}"] for i in range(len(cols))])).getItem(0)
+
+
 def _no_nan(col):
     F = _functions()
-    return F.when(F.isnan(col), F.lit(None).cast("double")).otherwise(col)
+    return F.nanvl(col, F.lit(None).cast("double"))
 
 
 def _finite_or_missing(col):
     F = _functions()
-    return F.when(F.isnan(col) | (F.abs(col) == F.lit(math.inf)), F.lit(None).cast("double")).otherwise(col)
+    return _let(lambda v: F.when(F.isnan(v) | (F.abs(v) == F.lit(math.inf)), F.lit(None).cast("double"))
+                .otherwise(v), col)
 
 
 def _floor(x):
     """floor() of doubles as doubles (Spark's floor() returns a long, which overflows)."""
     F = _functions()
-    r = x % F.lit(1.0)
-    return F.when(r < 0, x - r - F.lit(1.0)).otherwise(x - r)
+    return _let(lambda x, r: F.when(r < 0, x - r - F.lit(1.0)).otherwise(x - r), x, x % F.lit(1.0))
 
 
 def _trunc(x):
     """numpy.trunc: infinities stay, missing stays missing."""
     F = _functions()
-    return F.when(F.abs(x) == F.lit(math.inf), x).otherwise(x - x % F.lit(1.0))
+    return _let(lambda x: F.when(F.abs(x) == F.lit(math.inf), x).otherwise(x - x % F.lit(1.0)), x)
 
 
 def _arithmetic(op: str, a, b):
     """numpy's float64 arithmetic; results of / // % ** that are not finite become missing."""
     F = _functions()
-    if not hasattr(a, "isNull") and not hasattr(b, "isNull"):
-        return _arithmetic_scalars(op, a, b)
-    a, b = _c(a), _c(b)
-    null = F.lit(None).cast("double")
     if op == "+":
-        return _no_nan(a + b)
+        return _no_nan(_c(a) + _c(b))
     if op == "-":
-        return _no_nan(a - b)
+        return _no_nan(_c(a) - _c(b))
     if op == "*":
-        return _no_nan(a * b)
-    if op == "/":
-        return F.when(b == 0, null).otherwise(_finite_or_missing(a / F.when(b == 0, F.lit(1.0)).otherwise(b)))
-    safe_b = F.when(b == 0, F.lit(1.0)).otherwise(b)
-    mod = a % safe_b  # fmod: the sign of a
-    adjust = (mod != 0) & ((safe_b < 0) != (mod < 0))
-    if op == "%":
-        return F.when(b == 0, null).otherwise(_finite_or_missing(F.when(adjust, mod + safe_b).otherwise(mod)))
-    if op == "//":
-        # npy_divmod: div = (a - fmod(a, b)) / b, corrected to the floor and rounded to the nearest.
-        div = (a - mod) / safe_b
-        div = F.when(adjust, div - F.lit(1.0)).otherwise(div)
-        floor = _floor(div)
-        floor = F.when(div - floor > F.lit(0.5), floor + F.lit(1.0)).otherwise(floor)
-        return F.when(b == 0, null).otherwise(_finite_or_missing(F.when(div == 0, F.lit(0.0)).otherwise(floor)))
+        return _no_nan(_c(a) * _c(b))
+    return _let(lambda a, b: _divisions(op, a, b), a, b)
+
+
+def _divisions(op: str, a, b):
+    """/ // % ** on bound values (each may be referred to many times)."""
+    F = _functions()
+    null = F.lit(None).cast("double")
     if op == "**":
         # C pow: x ** 0 == 1 and 1 ** y == 1 even for NaN; (-1) ** +-inf == 1.
         one = F.lit(1.0)
@@ -613,7 +634,24 @@ def _arithmetic(op: str, a, b):
                   .when((a == -1) & (F.abs(b) == F.lit(math.inf)), one)
                   .otherwise(F.pow(a, b)))
         return _finite_or_missing(result)
-    raise TypeError(f"unknown operator {op!r}")
+    safe_b = F.when(b == 0, F.lit(1.0)).otherwise(b)
+    if op == "/":
+        return F.when(b == 0, null).otherwise(_finite_or_missing(a / safe_b))
+
+    def divmod_(mod):
+        adjust = (mod != 0) & ((safe_b < 0) != (mod < 0))
+        if op == "%":
+            return _finite_or_missing(F.when(adjust, mod + safe_b).otherwise(mod))
+        # npy_divmod: div = (a - fmod(a, b)) / b, corrected to the floor and rounded to the nearest.
+
+        def rounded(div):
+            return _let(lambda div, floor: F.when(div == 0, F.lit(0.0))
+                        .otherwise(F.when(div - floor > F.lit(0.5), floor + F.lit(1.0)).otherwise(floor)),
+                        div, _floor(div))
+        return _finite_or_missing(rounded(F.when(adjust, (a - mod) / safe_b - F.lit(1.0)).otherwise((a - mod) / safe_b)))
+    if op not in ("%", "//"):
+        raise TypeError(f"unknown operator {op!r}")
+    return F.when(b == 0, null).otherwise(_let(divmod_, a % safe_b))
 
 
 def _arithmetic_scalars(op: str, a, b):
@@ -731,12 +769,14 @@ def _clip(inner: _V, low, high) -> _V:
 
         def cast(b):
             return F.lit(float(b))
-    result = col
-    if low is not None:
-        result = F.when(result < cast(low), cast(low)).otherwise(result)
-    if high is not None:
-        result = F.when(result > cast(high), cast(high)).otherwise(result)
-    return _V(F.when(col.isNull(), F.lit(None)).otherwise(result), kind)
+    def clip(col):
+        result = col
+        if low is not None:
+            result = F.when(result < cast(low), cast(low)).otherwise(result)
+        if high is not None:
+            result = F.when(result > cast(high), cast(high)).otherwise(result)
+        return F.when(col.isNull(), F.lit(None)).otherwise(result)
+    return _V(_bind(_V(col, kind, source=inner.source and col is inner.col), clip), kind)
 
 
 def _category_codes(value: _V, categories: tuple):
@@ -746,22 +786,25 @@ def _category_codes(value: _V, categories: tuple):
     if value.lit:
         codes = pd.Index(list(categories)).get_indexer(pd.Index([value.col]))
         return F.lit(int(codes[0]))
-    code = None
-    for at, category in enumerate(categories):
-        kind = _literal_kind(category)
-        if value.kind in ("f", "f4", "i") and kind in ("i", "f"):
-            test = value.col.cast("double") == F.lit(float(category))
-        elif value.kind == "b" and kind == "b":
-            test = value.col == F.lit(category)
-        elif value.kind == "t" and kind == "t":
-            test = value.col == F.lit(category)
-        elif value.kind == "M" and kind == "M":
-            test = value.col == _timestamp(category)
-        else:
-            continue
-        test = F.coalesce(test, F.lit(False))
-        code = F.when(test, F.lit(at)) if code is None else code.when(test, F.lit(at))
-    return F.lit(-1) if code is None else code.otherwise(F.lit(-1))
+
+    def codes(col):
+        code = None
+        for at, category in enumerate(categories):
+            kind = _literal_kind(category)
+            if value.kind in ("f", "f4", "i") and kind in ("i", "f"):
+                test = col.cast("double") == F.lit(float(category))
+            elif value.kind == "b" and kind == "b":
+                test = col == F.lit(category)
+            elif value.kind == "t" and kind == "t":
+                test = col == F.lit(category)
+            elif value.kind == "M" and kind == "M":
+                test = col == _timestamp(category)
+            else:
+                continue
+            test = F.coalesce(test, F.lit(False))
+            code = F.when(test, F.lit(at)) if code is None else code.when(test, F.lit(at))
+        return F.lit(-1) if code is None else code.otherwise(F.lit(-1))
+    return _bind(value, codes)
 
 
 def _fixed_terms(x, prim: FixedSum):
@@ -789,7 +832,8 @@ def _search(x, points, right: bool):
     """``numpy.searchsorted(points, x, side)`` per row: a binary search over a literal array."""
     F = _functions()
     n = len(points)
-    array = F.array(*[F.lit(float(p)) for p in points])
+    # One SQL literal (building it from a thousand lit() columns would take seconds to plan).
+    array = F.expr("array(" + ", ".join(f"{float(p)!r}D" for p in points) + ")")
     step = 1
     while step * 2 <= n:
         step *= 2
