@@ -464,7 +464,8 @@ def _plans(draw):
         keys = draw(st.lists(st.sampled_from([
             P.GroupKey("ward", ward, WARDS), P.GroupKey("ward", ward, None), P.GroupKey("sex", sex, ("F", "M")),
             P.GroupKey("smoker", smoker, (False, True)), P.GroupKey("stay", P.Clip(stay, 0, 4), None),
-            P.GroupKey("cond", P.BinOp(">", expr, P.Lit(10)), (False, True))]), max_size=2, unique_by=lambda k: k.label))
+            P.GroupKey("cond", P.BinOp(">", expr, P.Lit(10)), (False, True))]),
+            max_size=2, unique_by=lambda k: k.label))
         by = tuple(keys)
     unit = draw(st.sampled_from([{}, {"unit": "pid", "max_rows": MAX_ROWS},
                                  {"unit": "pid", "max_rows": MAX_ROWS, "max_groups": 6}]))

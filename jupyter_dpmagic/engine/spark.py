@@ -109,8 +109,8 @@ class SparkEngine:
         """Rows and non-missing values per column (one Spark job, computed once)."""
         if self._summary_cache is None:
             F = _functions()
-            row = self._df.agg(F.count(F.lit(1)).alias("__n"),
-                               *[F.count(F.col(_q(c))).alias(f"c{i}") for i, c in enumerate(self._columns)]).collect()[0]
+            present = [F.count(F.col(_q(c))).alias(f"c{i}") for i, c in enumerate(self._columns)]
+            row = self._df.agg(F.count(F.lit(1)).alias("__n"), *present).collect()[0]
             self._summary_cache = {"rows": int(row["__n"]),
                                    "present": {c: int(row[f"c{i}"]) for i, c in enumerate(self._columns)}}
         return self._summary_cache
@@ -421,7 +421,7 @@ class SparkEngine:
         F = _functions()
         value = self._eval(expr, cache)
         if value.lit:
-            return F.lit(not bool(pd.isna(value.col)) if not isinstance(value.col, (list, tuple)) else True)
+            return F.lit(not bool(pd.isna(value.col)))
         return value.col.isNotNull()
 
     def _where(self, predicates, cache):
@@ -648,7 +648,8 @@ def _divisions(op: str, a, b):
             return _let(lambda div, floor: F.when(div == 0, F.lit(0.0))
                         .otherwise(F.when(div - floor > F.lit(0.5), floor + F.lit(1.0)).otherwise(floor)),
                         div, _floor(div))
-        return _finite_or_missing(rounded(F.when(adjust, (a - mod) / safe_b - F.lit(1.0)).otherwise((a - mod) / safe_b)))
+        div = (a - mod) / safe_b
+        return _finite_or_missing(rounded(F.when(adjust, div - F.lit(1.0)).otherwise(div)))
     if op not in ("%", "//"):
         raise TypeError(f"unknown operator {op!r}")
     return F.when(b == 0, null).otherwise(_let(divmod_, a % safe_b))
