@@ -858,10 +858,20 @@ def _quantile_scores(values, prim: QuantileScores) -> list[int]:
     low, high = float(prim.low), float(prim.high)
     clipped = F.when(x < F.lit(low), F.lit(low)).when(x > F.lit(high), F.lit(high)).otherwise(x)
     n_cand = len(prim.candidates)
-    found = (values.select(clipped.alias("x"))
-             .select(_search(F.col("x"), prim.candidates, True).alias("r"),
-                     _search(F.col("x"), prim.candidates, False).alias("l"))
-             .groupBy("r", "l").count().collect())
+    points = [float(c) for c in prim.candidates]
+    if all(a < b for a, b in zip(points, points[1:])):
+        # Distinct candidates: at most one equals x, so one search gives both counts.
+        array = F.expr("array(" + ", ".join(f"{p!r}D" for p in points) + ")")
+
+        def both(left):
+            equal = F.coalesce(F.get(array, left) == x, F.lit(False))
+            return F.struct((left + F.when(equal, F.lit(1)).otherwise(F.lit(0))).alias("r"), left.alias("l"))
+        found = (values.select(clipped.alias("x")).select(_let(both, _search(x, points, False)).alias("p"))
+                 .select("p.r", "p.l").groupBy("r", "l").count().collect())
+    else:
+        found = (values.select(clipped.alias("x"))
+                 .select(_search(x, points, True).alias("r"), _search(x, points, False).alias("l"))
+                 .groupBy("r", "l").count().collect())
     right = np.zeros(n_cand + 1, dtype=np.int64)
     left = np.zeros(n_cand + 1, dtype=np.int64)
     total = 0
