@@ -266,6 +266,15 @@ def test_person_bounds_with_random_choice(engines, data):
         assert all(c <= n for c, n in zip(counts, [int((valid.ward == w).sum()) for w in WARDS]))
 
 
+def test_expressions_without_missing_values_share_the_chosen_rows(engines):
+    # As in the local engine: bmi has a value in every row, so its sum and count are over the rows
+    # the row count chose (one random order per person for the whole query).
+    by_ward = P.GroupKey("ward", ward, WARDS)
+    query = P.Query("d", (P.Count(), P.Count(bmi), P.Count(P.FillNA(age, 1))), by=(by_ward,), unit="pid", max_rows=1)
+    got = _spark_only(engines, query)
+    assert got[0] == got[1] == got[2]
+
+
 def test_person_bounds_in_one_group_are_exact(engines, data):
     # Everybody in one declared group: the count per group is exactly sum(min(rows, k)).
     one = P.GroupKey("all", P.BinOp(">", stay, P.Lit(-1)), (False, True))

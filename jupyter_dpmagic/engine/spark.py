@@ -225,24 +225,27 @@ class SparkEngine:
                 cols[f"x{j}"] = self._numeric(expr, cache)
         if query.unit is not None:
             cols["unit"] = F.col(_q(query.unit))
-            for j in range(len(exprs)):
-                cols[f"r{j}"] = F.rand(secrets.randbits(62))
+            cols["r"] = F.rand(secrets.randbits(62))
         frame = frame.select(*[c.alias(n) for n, c in cols.items()])
         gnames = [f"g{i}" for i in range(len(groups["columns"]))]
-        for j in range(len(exprs)):
-            keep = F.col(f"k{j}")
-            if query.unit is not None:
-                by_unit = Window.partitionBy("unit")
-                if query.max_groups is not None and gnames:
-                    # One random priority per (person, group): each of a person's groups is as
-                    # likely to be kept; the kept rows rank first.
+        if query.unit is not None:
+            by_unit = Window.partitionBy("unit")
+            if query.max_groups is not None and gnames:
+                for j in range(len(exprs)):
+                    # One random priority per (person, group): each of a person's groups is as likely
+                    # to be kept; the kept rows rank first.
+                    keep = F.col(f"k{j}")
                     priority = F.xxhash64(F.lit(secrets.randbits(62)), F.col("unit"), *[F.col(g) for g in gnames])
                     rank = F.dense_rank().over(by_unit.orderBy((~keep).asc(), priority.asc(),
                                                                *[F.col(g).asc() for g in gnames]))
                     frame = frame.withColumn(f"k{j}", keep & (rank <= query.max_groups))
-                    keep = F.col(f"k{j}")
-                number = F.row_number().over(by_unit.orderBy((~keep).asc(), F.col(f"r{j}").asc()))
-                frame = frame.withColumn(f"k{j}", keep & (number <= query.max_rows))
+            # One random order of each person's rows, shared by every expression (one sort): an
+            # expression keeps the first max_rows of the rows where it has a value, so expressions
+            # without missing values keep the same rows, as in the local engine.
+            so_far = by_unit.orderBy("r").rowsBetween(Window.unboundedPreceding, Window.currentRow)
+            frame = frame.select(*[c for c in frame.columns if not c.startswith("k")], *[
+                (F.col(f"k{j}") & (F.sum(F.col(f"k{j}").cast("int")).over(so_far) <= query.max_rows)).alias(f"k{j}")
+                for j in range(len(exprs))])
         out: list = [None] * len(primitives)
         simple = [(i, p) for i, p in enumerate(primitives) if isinstance(p, (RowCount, FixedSum))]
         if simple:
