@@ -3,7 +3,7 @@
 without DP, and the libraries that do DP on Spark (Tumult Analytics, PipelineDP), on the same Parquet file.
 
     python bench/spark.py              # 1e7 rows (PipelineDP at 1e6), about 25-35 minutes on 2 cores
-    python bench/spark.py --quick      # 1e6 rows (PipelineDP at 1e5), fewer repetitions
+    python bench/spark.py --quick      # 1e6 rows (PipelineDP at 1e5), about 6 minutes
     python bench/run.py --spark        # the same, after the sections of bench/run.py, in one JSON
 
 Run alone, it merges its results into bench/results/latest.json under "spark" (and its goals into
