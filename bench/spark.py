@@ -539,6 +539,9 @@ def run(quick: bool = False, log=print, rows: int | None = None, anchors=tuple(A
                    pipelinedp_patients=max(1, rows // 100))
     if "DPMAGIC_LEDGER" not in os.environ:
         ledger = tempfile.mkdtemp(prefix="dpbench-spark-ledger-")
+        import atexit
+
+        atexit.register(shutil.rmtree, ledger, True)
         os.environ["DPMAGIC_LEDGER"] = os.path.join(ledger, "ledger.sqlite")
     try:
         out = measure(cfg, log)
