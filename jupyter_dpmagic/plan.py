@@ -133,6 +133,13 @@ class GroupKey:
     def declared(self) -> bool:
         return self.categories is not None
 
+    @property
+    def token(self) -> tuple:
+        """What an engine may cache this key's grouping under: the categories with their types,
+        since ``0 == False`` and ``1 == 1.0`` would let one key's codes and labels stand in for another's."""
+        categories = None if self.categories is None else tuple((type(v), v) for v in self.categories)
+        return (self.expr, categories)
+
 
 @dataclass(frozen=True)
 class Count:

@@ -36,15 +36,16 @@ def source(data, *, engine: str | None = None, spark=None):
         if engine != "spark":
             raise PolicyError(f"protect() got a path ({os.fspath(data)!r}): pass engine='spark' to read it with "
                               "Spark, or read it into pandas first (pd.read_parquet(path)).")
-        return _spark_engine().from_parquet(os.fspath(data), spark=spark)
+        engine_class = _spark_engine()
+        return engine_class.from_parquet(spark or _active_session(), os.fspath(data))
     if spark_frame:
         if engine == "pandas":
             raise PolicyError("this is a Spark DataFrame: protect it with engine='spark' (the default for Spark "
                               "data), or bring it into pandas yourself (df.toPandas()) if it fits in memory.")
         return _spark_engine()(data)
     if isinstance(data, pd.DataFrame) and engine == "spark":
-        session = spark or _active_session()
-        return _spark_engine()(session.createDataFrame(data))
+        engine_class = _spark_engine()
+        return engine_class((spark or _active_session()).createDataFrame(data))
     return data
 
 

@@ -80,3 +80,24 @@ def test_missing_values_are_skipped_before_clamping():
     sums, counts = engine.run(P.Query("d", (measure,)), comp.primitives)
     assert counts == [2]
     assert sums[0] * comp.primitives[0].grid == (1 - 2) + (3 - 2)
+
+
+def test_group_codes_are_cached_per_typed_categories():
+    # 0 == False and 1 == 1.0 in Python, so a cache keyed by plain categories would hand one query the
+    # codes (and labels) of another that declared "equal" but differently typed categories.
+    frame = pd.DataFrame({"flag": [True, True, False, True], "n": [1, 1, 2, 3]})
+    engine = LocalEngine(frame)
+    count = P.Count()
+    prim = compile_measure(count).primitives
+
+    def counts(column, categories):
+        query = P.Query("d", (count,), by=(P.GroupKey(column, P.Col(column), categories),))
+        return engine.run(query, prim)[0]
+
+    assert counts("flag", (0, 1)) == [0, 0]  # integers are not booleans: no row is in these groups
+    assert counts("flag", (False, True)) == [1, 3]
+    assert counts("n", (1, 2, 3)) == [2, 1, 1]
+    assert counts("n", (1.0, 2.5)) == [2, 0]
+    # Undeclared groups report the keys found, with the column's own values.
+    undeclared = P.Query("d", (count,), by=(P.GroupKey("n", P.Col("n"), None),))
+    assert engine.run(undeclared, prim)[0] == [2, 1, 1]

@@ -275,7 +275,7 @@ class LocalEngine:
         in a group, and the key tuples of the groups (None when all keys are declared)."""
         if not keys:
             return None, 1, True, None
-        token = ("groups", keys)
+        token = ("groups",) + tuple(key.token for key in keys)
         if token in self._source_cache:
             return self._source_cache[token]
         parts = [self._key_codes(key, cache) for key in keys]
@@ -313,7 +313,7 @@ class LocalEngine:
         """Codes of one key's values (-1: missing or not a declared category) and the values coded."""
         # Source columns never change after protect(), so their codes are cached across queries.
         cacheable = isinstance(key.expr, Col)
-        token = (key.expr, key.categories)
+        token = key.token
         if cacheable and token in self._source_cache:
             return self._source_cache[token]
         values = self.evaluate(key.expr, cache)

@@ -486,8 +486,7 @@ class SparkEngine:
         values of an undeclared key in order of first appearance, declared keys by category."""
         F = _functions()
         # Categories with their types: (0, 1) and (False, True) are equal tuples but other groups.
-        token = tuple((k.expr, None if k.categories is None else tuple((type(c), c) for c in k.categories))
-                      for k in keys)
+        token = tuple(k.token for k in keys)
         cacheable = all(isinstance(k.expr, Col) for k in keys)
         if cacheable and token in self._keys_cache:
             return self._keys_cache[token]

@@ -99,7 +99,7 @@ def _register(args) -> int:
     # of their own, so that a refused registration leaves no budget behind.
     with tempfile.TemporaryDirectory() as scratch:
         check = Session(ledger=str(Path(scratch) / "check.sqlite"))
-        check.protect(frame, name=args.name, epsilon=args.per_user_epsilon, delta=args.delta, policy=policy,
+        checked = check.protect(frame, name=args.name, epsilon=args.per_user_epsilon, delta=args.delta, policy=policy,
                       privacy_unit=args.privacy_unit, max_rows_per_unit=args.max_rows_per_unit,
                       max_groups_per_unit=args.max_groups_per_unit, user="registration", keep=False)
         check.accountant.ledger.close()
@@ -113,7 +113,7 @@ def _register(args) -> int:
         registry.add(entry)  # refuses, saying why
     Session(ledger=args.ledger).accountant.open_dataset(name=args.name, epsilon=args.epsilon, delta=args.delta)
     registry.add(entry)
-    print(f"registered '{args.name}': {len(frame.columns)} columns from {entry.file}; ε={args.epsilon:g} for all "
+    print(f"registered '{args.name}': {len(checked.schema)} columns from {entry.file}; ε={args.epsilon:g} for all "
           f"analysts together, ε={args.per_user_epsilon:g} each" + (f", δ={args.delta:g}" if args.delta else ""))
     return 0
 
