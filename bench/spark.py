@@ -21,7 +21,6 @@ import math
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,10 @@ if str(ANCHOR_DIR) not in sys.path:
     sys.path.insert(0, str(ANCHOR_DIR))
 
 from _common import MAX_ROWS, VALUE_BOUNDS, WARDS, spark_session  # noqa: E402
+
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+from _report import error_text as _error_text, fmt_time, measure_round_robin, print_table  # noqa: E402
 
 EPSILON = 1.0
 BIG_BUDGET = 1e6
@@ -66,16 +69,6 @@ RUN_ID = f"{os.getpid()}_{int(time.time())}"
 
 
 # -------------------------------------------------------------------------------------------- helpers
-def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".strip()[:500]
-
-
-def fmt_time(seconds) -> str:
-    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
-        return "-"
-    return f"{seconds * 1e3:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
 def fmt_rate(rows_per_s) -> str:
     if not rows_per_s:
         return "-"
@@ -86,41 +79,12 @@ def fmt_ratio(ratio) -> str:
     return "-" if ratio is None or not math.isfinite(ratio) else f"{ratio:.2f}x"
 
 
-def print_table(headers, rows) -> None:
-    aligns = ["<", "<"] + [">"] * (len(headers) - 3) + ["<"]
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
-              for i, h in enumerate(headers)]
-    print("  ".join(f"{str(h):{a}{w}}" for h, a, w in zip(headers, aligns, widths)))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(f"{str(c):{a}{w}}" for c, a, w in zip(row, aligns, widths)))
-
-
 def round_robin(calls: dict, reps: int) -> dict:
-    """One warm-up call each, then ``reps`` rounds calling each once (interleaved, so that load from other
-    processes on a shared machine spreads over all of them). A failing call records its error."""
-    stats = {}
-    gc.collect()
-    for name, fn in calls.items():
-        try:
-            start = time.perf_counter()
-            fn()
-            stats[name] = {"first_s": time.perf_counter() - start, "times_s": []}
-        except Exception as exc:  # noqa: BLE001 - one failing engine must not stop the others
-            stats[name] = {"error": _error_text(exc)}
-    for _ in range(reps):
-        for name, fn in calls.items():
-            if "error" in stats[name]:
-                continue
-            try:
-                start = time.perf_counter()
-                fn()
-                stats[name]["times_s"].append(time.perf_counter() - start)
-            except Exception as exc:  # noqa: BLE001
-                stats[name] = {"error": _error_text(exc)}
+    """One warm-up call each, then ``reps`` interleaved rounds (:func:`measure_round_robin`); a failing
+    call records its error, and each entry says how many calls were timed."""
+    stats, _ = measure_round_robin(calls, reps)
     for entry in stats.values():
         if "error" not in entry:
-            entry["median_s"] = statistics.median(entry["times_s"]) if entry["times_s"] else entry["first_s"]
             entry["reps"] = len(entry["times_s"])
     return stats
 
@@ -194,23 +158,9 @@ def protect_kwargs(name: str) -> dict:
                 categories={"ward": WARDS}, bounds={"value": VALUE_BOUNDS})
 
 
-def protect_spark(dp, spark, path: str, entry: dict):
-    """jupyter-dpmagic's Spark engine on the Parquet file; raises when the engine is not available.
-
-    Protects the path; if that is refused, the Spark DataFrame read from the same path (``entry["route"]``
-    says which one was measured, ``entry["path_error"]`` why the path was refused)."""
-    kwargs = protect_kwargs("spark_visits")
-    try:
-        frame = dp.protect(path, engine="spark", spark=spark, **kwargs)
-        entry["route"] = "dp.protect(path, engine='spark', spark=session)"
-        return frame
-    except Exception as exc:  # noqa: BLE001
-        if "engine" in str(exc) and isinstance(exc, TypeError):
-            raise  # no engine= at all
-        entry["path_error"] = _error_text(exc)
-    frame = dp.protect(spark.read.parquet(path), engine="spark", **protect_kwargs("spark_visits_df"))
-    entry["route"] = "dp.protect(spark.read.parquet(path), engine='spark')"
-    return frame
+def protect_spark(dp, spark, path: str):
+    """jupyter-dpmagic's Spark engine on the Parquet file; raises when the engine is not available."""
+    return dp.protect(path, engine="spark", spark=spark, **protect_kwargs("spark_visits"))
 
 
 # ---------------------------------------------------------------------------------------- anchors
@@ -327,7 +277,7 @@ def measure_in_process(cfg: dict, path: str, out: dict, log) -> None:
     import jupyter_dpmagic as dp
 
     engines = out["engines"]
-    plain, ours_spark, ours_pandas = engines["plain_spark"], engines["spark_engine"], engines["pandas_engine"]
+    ours_spark, ours_pandas = engines["spark_engine"], engines["pandas_engine"]
     try:
         spark, out["session_start_s"], _ = spark_session("dpmagic-bench", extra={
             # pandas -> Spark transfers (if an engine makes any): one local relation, large Arrow batches.
@@ -340,14 +290,14 @@ def measure_in_process(cfg: dict, path: str, out: dict, log) -> None:
     log(f"  Spark session started in {out['session_start_s']:.1f} s (local[2], pyspark {spark.version})")
     try:
         calls = {("plain_spark", q): fn for q, fn in plain_spark_calls(spark, path).items()}
-        # Our Spark engine: guarded, its API may be missing in this version of the package.
+        # Our Spark engine: guarded, so that the anchors are still measured if it fails here.
         try:
             start = time.perf_counter()
-            frame = protect_spark(dp, spark, path, ours_spark)
+            frame = protect_spark(dp, spark, path)
             ours_spark["protect_s"] = time.perf_counter() - start
             calls.update({("spark_engine", q): fn for q, fn in _release_calls(dp, frame).items()})
         except Exception as exc:  # noqa: BLE001
-            ours_spark["error"] = f"not available: {_error_text(exc)}"
+            ours_spark["error"] = f"failed: {_error_text(exc)}"
             log(f"  our Spark engine: {ours_spark['error']}")
         # Our pandas engine: the same file read into pandas once (the read and protect() are not per query).
         try:
@@ -487,16 +437,13 @@ def print_report(out: dict) -> None:
             rows.append([label, SHORT[query], f"{stats['rows']:,}", fmt_time(stats["median_s"]),
                          fmt_rate(stats["rows_per_s"]),
                          fmt_ratio(stats.get("ratio_plain_spark")), fmt_ratio(stats.get("ratio_tumult")), note])
-    print_table(["engine", "query", "rows", "s/query", "rows/s", "vs plain", "vs Tumult", "note"], rows)
+    print_table(["engine", "query", "rows", "s/query", "rows/s", "vs plain", "vs Tumult", "note"], rows,
+                ["<", "<"] + [">"] * 5 + ["<"])
     for engine in ("spark_engine", "pandas_engine"):
         entry = engines.get(engine, {})
         extra = ", ".join(f"{k} {fmt_time(entry[k])}" for k in ("read_s", "protect_s") if k in entry)
         if extra:
             print(f"  {engine}: {extra} (once, not per query)")
-    if engines.get("spark_engine", {}).get("route"):
-        spark_entry = engines["spark_engine"]
-        print(f"  our Spark engine: {spark_entry['route']}"
-              + (f" (the path was refused: {spark_entry['path_error']})" if "path_error" in spark_entry else ""))
     if "session_start_s" in out:
         print(f"  Spark session start (this process): {out['session_start_s']:.1f} s, not in the per-query times")
     for anchor in ANCHORS:
@@ -580,7 +527,7 @@ def main(argv=None) -> int:
     merged["goals"] = goals + out.get("goals", [])
     print("\n== Goals (Spark) ==")
     print_table(["goal", "measured", "status"], [[g["goal"], g["measured"], g["status"]]
-                                                  for g in out.get("goals", [])])
+                                                  for g in out.get("goals", [])], ["<"] * 3)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(merged, indent=1, default=str))
     print(f"\nresults merged into {path}")

@@ -21,7 +21,6 @@ import jupyter_dpmagic.steward_client as remote_module
 from jupyter_dpmagic.session import get_session
 from jupyter_dpmagic.steward import Analyst, Registry, Steward
 from jupyter_dpmagic.steward.cli import main as steward_cli
-from jupyter_dpmagic.steward.service import make_app
 
 from _postgres import unavailable as postgres_unavailable
 from _steward import Served, TokenTable

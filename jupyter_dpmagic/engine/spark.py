@@ -615,7 +615,6 @@ def _trunc(x):
 
 def _arithmetic(op: str, a, b):
     """numpy's float64 arithmetic; results of / // % ** that are not finite become missing."""
-    F = _functions()
     if op == "+":
         return _no_nan(_c(a) + _c(b))
     if op == "-":
