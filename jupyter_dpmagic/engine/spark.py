@@ -485,7 +485,6 @@ class SparkEngine:
         """The combinations of key values present in the data, numbered as the local engine does:
         values of an undeclared key in order of first appearance, declared keys by category."""
         F = _functions()
-        # Categories with their types: (0, 1) and (False, True) are equal tuples but other groups.
         token = tuple(k.token for k in keys)
         cacheable = all(isinstance(k.expr, Col) for k in keys)
         if cacheable and token in self._keys_cache:

@@ -99,9 +99,10 @@ def _register(args) -> int:
     # of their own, so that a refused registration leaves no budget behind.
     with tempfile.TemporaryDirectory() as scratch:
         check = Session(ledger=str(Path(scratch) / "check.sqlite"))
-        checked = check.protect(frame, name=args.name, epsilon=args.per_user_epsilon, delta=args.delta, policy=policy,
-                      privacy_unit=args.privacy_unit, max_rows_per_unit=args.max_rows_per_unit,
-                      max_groups_per_unit=args.max_groups_per_unit, user="registration", keep=False)
+        checked = check.protect(frame, name=args.name, epsilon=args.per_user_epsilon, delta=args.delta,
+                                policy=policy, privacy_unit=args.privacy_unit,
+                                max_rows_per_unit=args.max_rows_per_unit,
+                                max_groups_per_unit=args.max_groups_per_unit, user="registration", keep=False)
         check.accountant.ledger.close()
     entry = new_entry(name=args.name, file=args.file, kind=kind, table=frame, engine=args.engine,
                       epsilon=args.epsilon,
